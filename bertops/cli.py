@@ -1,0 +1,100 @@
+"""The `bertops` command: the pipeline's stages (what dvc.yaml runs) and `predict`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from bertops.errors import BertopsError
+
+STAGES = ("import", "prepare", "train", "evaluate", "register")
+
+
+def run_stage(name: str, params_path: Path, root: Path):
+    from bertops.config import load_params
+    from bertops.layout import Layout
+
+    params = load_params(params_path)  # validated before any work starts
+    layout = Layout(root.resolve())
+    if name == "import":
+        from bertops.stages.import_corpus import import_corpus as stage
+    elif name == "prepare":
+        from bertops.stages.prepare import prepare as stage
+    elif name == "train":
+        from bertops.stages.train import train as stage
+    elif name == "evaluate":
+        from bertops.stages.evaluate import evaluate as stage
+    else:
+        from bertops.stages.register import register as stage
+    return stage(params, layout)
+
+
+def predict(model_uri: str | None, texts: list[str], file: Path | None, params_path: Path, root: Path) -> list[dict]:
+    import mlflow
+
+    from bertops import tracking
+    from bertops.config import load_params
+    from bertops.layout import Layout
+
+    params = load_params(params_path)
+    tracking.configure(params, Layout(root.resolve()))
+    if file is not None:
+        if not file.is_file():
+            raise BertopsError(f"{file}: file not found")
+        texts = texts + [line.strip() for line in file.read_text().splitlines() if line.strip()]
+    if not texts:
+        raise BertopsError("predict: give text(s) as arguments or --file with one text per line")
+    model_uri = model_uri or f"models:/{params.registry.model_name}@champion"
+    try:
+        classifier = mlflow.transformers.load_model(model_uri)
+    except mlflow.exceptions.MlflowException as exc:
+        raise BertopsError(f"cannot load {model_uri}: {exc.message}") from None
+    outputs = classifier(texts, batch_size=64, truncation=True)
+    return [{"text": t, "label": o["label"], "probability": round(float(o["score"]), 4)}
+            for t, o in zip(texts, outputs)]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bertops", description=__doc__)
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file (default params.yaml)")
+    parser.add_argument("--root", type=Path, default=Path("."), help="project root (default: current directory)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    stage = sub.add_parser("stage", help="run one pipeline stage (dvc.yaml calls these)")
+    stage.add_argument("name", choices=STAGES)
+    pred = sub.add_parser("predict", help="label and probability for each input text")
+    pred.add_argument("texts", nargs="*", help="texts to classify")
+    pred.add_argument("--file", type=Path, help="a file with one text per line")
+    pred.add_argument("--model-uri", help="registry reference (default models:/<registry.model_name>@champion)")
+    pred.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
+    sub.add_parser("check-params", help="validate params.yaml and print the effective values")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=os.environ.get("BERTOPS_LOG_LEVEL", "INFO"),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        if args.command == "stage":
+            result = run_stage(args.name, args.params, args.root)
+            if isinstance(result, dict):
+                print(json.dumps(result, indent=1, default=str))
+        elif args.command == "predict":
+            for row in predict(args.model_uri, args.texts, args.file, args.params, args.root):
+                print(json.dumps(row) if args.json else f"{row['label']}\t{row['probability']:.4f}\t{row['text']}")
+        elif args.command == "check-params":
+            from bertops.config import load_params
+
+            print(load_params(args.params).model_dump_json(indent=1))
+    except BertopsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

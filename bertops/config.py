@@ -1,0 +1,171 @@
+"""params.yaml: every knob, validated once, with errors that name the field and what is allowed."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from bertops.errors import ParamsError
+
+PARAMS_FILE = "params.yaml"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SplitParams(_Section):
+    val: float = Field(0.1, gt=0, lt=0.5, description="share of examples held out for validation")
+    test: float = Field(0.1, gt=0, lt=0.5, description="share of examples held out for the test split")
+    seed: int = Field(0, ge=0, description="seed of the stratified split")
+
+
+class CorpusParams(_Section):
+    source: str = Field(
+        description="a packaged-corpus manifest (data/sources/*.yaml) or your own .csv/.tsv/.jsonl file"
+    )
+    format: Literal["auto", "csv", "tsv", "jsonl"] = Field("auto", description="file format; auto = by suffix")
+    encoding: str = Field("utf-8", description="text encoding of a user file")
+    text_column: str = Field("text", min_length=1)
+    text_pair_column: str | None = Field(None, description="second text of a sentence pair, or null")
+    label_column: str = Field("label", min_length=1)
+    labels: list[str] | None = Field(
+        None, min_length=2, description="the allowed labels in order; null = every label the corpus has"
+    )
+    split: SplitParams = SplitParams()
+
+
+class ModelParams(_Section):
+    name_or_path: str = Field(min_length=1, description="hub name or local path of the pretrained encoder")
+    revision: str | None = None
+    max_length: int = Field(128, ge=8, le=8192, description="tokens per sequence after truncation")
+
+
+class SequenceClassificationTask(_Section):
+    # Other task families (token_classification, question_answering, masked_lm) become further members of a
+    # union discriminated on `type`; the rest of params.yaml does not change shape.
+    type: Literal["sequence_classification"] = "sequence_classification"
+    metric: Literal["accuracy", "macro_f1"] = Field(
+        "accuracy", description="selects the best epoch, stops early and gates promotion"
+    )
+
+    @property
+    def pipeline_task(self) -> str:
+        return "text-classification"
+
+
+class TrainParams(_Section):
+    seed: int = Field(0, ge=0)
+    epochs: int = Field(4, ge=1, le=1000, description="maximum epochs; early stopping may end sooner")
+    batch_size: int = Field(32, ge=1)
+    eval_batch_size: int = Field(128, ge=1)
+    lr: float = Field(5e-5, gt=0, le=1.0, description="peak learning rate of the encoder")
+    head_lr: float | None = Field(None, gt=0, le=1.0, description="peak learning rate of the new head; null = lr")
+    weight_decay: float = Field(0.01, ge=0, le=1.0, description="not applied to biases and LayerNorm weights")
+    warmup_ratio: float = Field(0.06, ge=0, lt=1.0, description="share of steps with linear warmup")
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    adam_eps: float = Field(1e-8, gt=0)
+    max_grad_norm: float | None = Field(1.0, gt=0)
+    early_stopping_patience: int | None = Field(
+        2, ge=1, description="epochs without improvement of task.metric before stopping; null = never"
+    )
+    precision: Literal["auto", "32-true", "bf16-mixed", "16-mixed"] = Field(
+        "auto", description="auto = bf16-mixed on a GPU that supports it, else 32-true"
+    )
+    accelerator: Literal["auto", "cpu", "gpu"] = "auto"
+    devices: int | Literal["auto"] = "auto"
+    length_grouping: bool = Field(True, description="batch examples of similar length (less padding)")
+    num_workers: int = Field(0, ge=0, description="DataLoader worker processes")
+    max_train_examples: int | None = Field(None, ge=1, description="use only the first N training examples")
+    resume: bool = Field(True, description="continue from the last checkpoint of an interrupted run")
+
+    @model_validator(mode="after")
+    def _betas_in_range(self):
+        for i, beta in enumerate(self.adam_betas):
+            if not 0 <= beta < 1:
+                raise ValueError(f"adam_betas[{i}] must be in [0, 1), got {beta}")
+        return self
+
+
+class RegistryParams(_Section):
+    model_name: str = Field(min_length=1, description="registered model name in the MLflow Model Registry")
+    min_delta: float = Field(
+        0.0, ge=0, le=1.0, description="the challenger must beat the champion's test metric by at least this"
+    )
+
+
+class TrackingParams(_Section):
+    uri: str = Field("sqlite:///mlflow.db", description="MLflow tracking URI; MLFLOW_TRACKING_URI overrides it")
+    experiment: str = Field("bertops", min_length=1)
+    log_every_n_steps: int = Field(10, ge=1, description="train loss / lr sampled every N steps")
+    flush_every_n_steps: int = Field(100, ge=1, description="buffered metrics are sent to MLflow every N steps")
+
+
+class Params(_Section):
+    corpus: CorpusParams
+    model: ModelParams
+    task: SequenceClassificationTask = SequenceClassificationTask()
+    train: TrainParams = TrainParams()
+    registry: RegistryParams
+    tracking: TrackingParams = TrackingParams()
+
+
+def _describe(error: dict) -> str:
+    field = ".".join(str(p) for p in error["loc"]) or "(top level)"
+    msg = error["msg"]
+    if error["type"] == "extra_forbidden":
+        msg = "unknown key"
+    elif error["type"] == "missing":
+        msg = "required field is missing"
+    ctx = error.get("ctx") or {}
+    if "expected" in ctx and "allowed" not in msg:
+        msg += f" (allowed: {ctx['expected']})"
+    got = error.get("input")
+    if error["type"] not in ("missing",) and not isinstance(got, dict):
+        msg += f"; got {got!r}"
+    return f"{field}: {msg}"
+
+
+def parse_params(raw: dict, source: str = PARAMS_FILE) -> Params:
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        lines = [_describe(e) for e in exc.errors()]
+        raise ParamsError(f"{source}: invalid params:\n  " + "\n  ".join(lines)) from None
+
+
+def load_params(path: str | Path = PARAMS_FILE) -> Params:
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"{path}: params file not found")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path}: expected a mapping of sections (corpus, model, task, train, registry, tracking)")
+    return parse_params(raw, str(path))
+
+
+def params_hash(params: Params) -> str:
+    """A stable hash of the validated params (defaults filled in), for lineage."""
+    return hashlib.sha256(params.model_dump_json().encode()).hexdigest()[:16]
+
+
+def flat_params(params: Params) -> dict[str, str]:
+    """`section.key` -> value, as logged to MLflow."""
+    out: dict[str, str] = {}
+
+    def walk(prefix: str, value):
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{prefix}.{k}" if prefix else k, v)
+        else:
+            out[prefix] = str(value)
+
+    walk("", params.model_dump(mode="json"))
+    return out

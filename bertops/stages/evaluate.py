@@ -1,0 +1,118 @@
+"""Stage 4, evaluate: test-split metrics, confusion matrix and learning curves, logged to the training run."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import mlflow  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support  # noqa: E402
+from transformers import AutoModelForSequenceClassification, AutoTokenizer  # noqa: E402
+
+from bertops import tracking  # noqa: E402
+from bertops.config import Params  # noqa: E402
+from bertops.inference import predict_proba  # noqa: E402
+from bertops.layout import Layout  # noqa: E402
+from bertops.training.data import read_split  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+
+def classification_metrics(gold: list[int], pred: list[int], labels: list[str]) -> dict:
+    ids = list(range(len(labels)))
+    precision, recall, f1, support = precision_recall_fscore_support(gold, pred, labels=ids, zero_division=0)
+    return {
+        "accuracy": float(accuracy_score(gold, pred)),
+        "macro_f1": float(f1_score(gold, pred, labels=ids, average="macro", zero_division=0)),
+        "examples": len(gold),
+        "per_class": {label: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
+                              "support": int(support[i])} for i, label in enumerate(labels)},
+    }
+
+
+def _plot_confusion(matrix: np.ndarray, labels: list[str], path):
+    fig, ax = plt.subplots(figsize=(2 + len(labels), 1.6 + len(labels)))
+    ax.imshow(matrix, cmap="Blues")
+    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for (i, j), count in np.ndenumerate(matrix):
+        ax.text(j, i, str(count), ha="center", va="center",
+                color="white" if count > matrix.max() / 2 else "black")
+    ax.set_title("test confusion matrix")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _read_csv(path) -> list[dict]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _plot_learning_curve(layout: Layout, metric: str, path):
+    loss = _read_csv(layout.reports_dir / "plots" / "train_loss.csv")
+    val = _read_csv(layout.reports_dir / "plots" / "val_metrics.csv")
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot([int(r["step"]) for r in loss], [float(r["train_loss"]) for r in loss], label="train loss", alpha=0.7)
+    ax.plot([int(r["step"]) for r in val], [float(r["val_loss"]) for r in val], "o-", label="val loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    right = ax.twinx()
+    right.plot([int(r["step"]) for r in val], [float(r[f"val_{metric}"]) for r in val], "s--", color="tab:green",
+               label=f"val {metric}")
+    right.set_ylabel(metric)
+    lines = ax.get_legend_handles_labels()[0] + right.get_legend_handles_labels()[0]
+    ax.legend(lines, [line.get_label() for line in lines], loc="center right")
+    ax.set_title("learning curve")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def evaluate(params: Params, layout: Layout) -> dict:
+    labels = json.loads(layout.labels_file.read_text())
+    rows = read_split(layout.split("test"))
+    model = AutoModelForSequenceClassification.from_pretrained(layout.model_dir, dtype=torch.float32)
+    if torch.cuda.is_available():
+        model.cuda()
+    tokenizer = AutoTokenizer.from_pretrained(layout.model_dir)
+    pairs = [r["text_pair"] for r in rows] if rows and "text_pair" in rows[0] else None
+    probs = predict_proba(model, tokenizer, [r["text"] for r in rows], pairs, max_length=params.model.max_length,
+                          batch_size=params.train.eval_batch_size)
+    label_ids = {label: i for i, label in enumerate(labels)}
+    gold = [label_ids[r["label"]] for r in rows]
+    pred = probs.argmax(-1).tolist()
+    metrics = classification_metrics(gold, pred, labels)
+    metrics["metric"] = params.task.metric
+
+    reports = layout.reports_dir
+    reports.mkdir(parents=True, exist_ok=True)
+    layout.metrics_file.write_text(json.dumps(metrics, indent=1) + "\n")
+    with layout.predictions_file.open("w") as out:  # per-example correctness, for paired significance tests
+        for row, g, p, pr in zip(rows, gold, pred, probs):
+            out.write(json.dumps({"line": row["line"], "label": labels[g], "predicted": labels[p],
+                                  "probability": round(float(pr[p]), 5), "correct": g == p}) + "\n")
+    _plot_confusion(confusion_matrix(gold, pred, labels=list(range(len(labels)))), labels,
+                    reports / "confusion_matrix.png")
+    _plot_learning_curve(layout, params.task.metric, reports / "learning_curve.png")
+
+    tracking.configure(params, layout)
+    run_id = tracking.read_train_run(layout)
+    flat = {f"test_{k}": v for k, v in metrics.items() if isinstance(v, float)}
+    for label, scores in metrics["per_class"].items():
+        flat.update({f"test_{label}_{k}": float(v) for k, v in scores.items() if k != "support"})
+    with mlflow.start_run(run_id=run_id):
+        mlflow.log_metrics(flat)
+        for name in ("metrics.json", "confusion_matrix.png", "learning_curve.png"):
+            mlflow.log_artifact(str(reports / name), artifact_path="reports")
+    log.info("test %s = %.4f", params.task.metric, metrics[params.task.metric])
+    return metrics

@@ -1,0 +1,130 @@
+"""Stage 5, register: log the best checkpoint as a transformers-flavor model, register a version with its
+lineage, and move `champion` only through the promotion gate."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass
+
+import mlflow
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
+
+from bertops import lineage, tracking
+from bertops.config import Params, params_hash
+from bertops.errors import BertopsError
+from bertops.layout import Layout
+
+log = logging.getLogger(__name__)
+CHAMPION, CHALLENGER = "champion", "challenger"
+
+
+@dataclass(frozen=True)
+class Decision:
+    promote: bool
+    reason: str
+    metric: str
+    challenger_value: float
+    champion_version: str | None = None
+    champion_value: float | None = None
+
+
+def decide(*, metric: str, value: float, test_split: str, min_delta: float, champion) -> Decision:
+    """The gate. `champion` is the current champion ModelVersion (or None)."""
+    if champion is None:
+        return Decision(True, "no champion yet", metric, value)
+    tags = champion.tags
+    base = {"metric": metric, "challenger_value": value, "champion_version": str(champion.version)}
+    if tags.get("bertops.metric") != metric:
+        return Decision(False, f"champion v{champion.version} was scored on {tags.get('bertops.metric')!r}, "
+                               f"not {metric!r}: not comparable", **base)
+    champion_value = float(tags["bertops.test_value"])
+    base["champion_value"] = champion_value
+    if tags.get("bertops.test_split_sha256") != test_split:
+        return Decision(False, f"champion v{champion.version} was scored on a different test split: "
+                               "not comparable, no automatic promotion", **base)
+    delta = value - champion_value
+    if delta > 0 and delta >= min_delta:
+        return Decision(True, f"test {metric} {value:.4f} beats champion v{champion.version}'s "
+                              f"{champion_value:.4f} by {delta:+.4f} (min_delta {min_delta})", **base)
+    return Decision(False, f"test {metric} {value:.4f} vs champion v{champion.version}'s {champion_value:.4f}: "
+                           f"delta {delta:+.4f} does not reach min_delta {min_delta} (and must be > 0)", **base)
+
+
+def current_champion(client: MlflowClient, name: str):
+    try:
+        return client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException as exc:
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
+            return None
+        raise
+
+
+def lineage_tags(params: Params, layout: Layout, run_id: str, metrics: dict) -> dict[str, str]:
+    hashes = lineage.dvc_out_hashes(layout.root)
+    tags = {
+        **{f"bertops.{k}": v for k, v in lineage.git_state(layout.root).items()},
+        "bertops.data_raw_md5": hashes.get("data/raw", "unknown"),
+        "bertops.data_prepared_md5": hashes.get("data/prepared", "unknown"),
+        "bertops.test_split_sha256": lineage.file_sha256(layout.split("test")),
+        "bertops.params_hash": params_hash(params),
+        "bertops.params_file_sha256": lineage.file_sha256(layout.params) if layout.params.is_file() else "unknown",
+        "bertops.run_id": run_id,
+        "bertops.base_model": params.model.name_or_path,
+        "bertops.task": params.task.type,
+        "bertops.metric": params.task.metric,
+        "bertops.test_value": repr(metrics[params.task.metric]),
+        "bertops.hardware": lineage.hardware(),
+    }
+    tags.update({f"bertops.version.{k}": v for k, v in lineage.package_versions(
+        "torch", "transformers", "lightning", "mlflow", "bertops").items()})
+    return tags
+
+
+def register(params: Params, layout: Layout) -> dict:
+    # everything that can fail on bad input is checked before anything is written to the registry
+    for needed in (layout.metrics_file, layout.train_run_file, layout.model_dir / "config.json"):
+        if not needed.is_file():
+            raise BertopsError(f"{needed}: missing; run the train and evaluate stages first")
+    metrics = json.loads(layout.metrics_file.read_text())
+    if metrics.get("metric") != params.task.metric:
+        raise BertopsError(f"{layout.metrics_file}: scored on {metrics.get('metric')!r} but task.metric is "
+                           f"{params.task.metric!r}; re-run evaluate")
+    run_id = tracking.read_train_run(layout)
+    tracking.configure(params, layout)
+    client = MlflowClient()
+    name = params.registry.model_name
+    tags = lineage_tags(params, layout, run_id, metrics)
+    model = AutoModelForSequenceClassification.from_pretrained(layout.model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(layout.model_dir)
+    classifier = pipeline(params.task.pipeline_task, model=model, tokenizer=tokenizer)
+    example = [json.loads(line)["text"] for line in layout.split("test").open()][:2]
+    pins = lineage.package_versions("transformers", "torch", "tokenizers", "accelerate")
+    requirements = [f"{k}=={v.split('+')[0]}" for k, v in pins.items() if v != "not installed"]
+
+    with mlflow.start_run(run_id=run_id):
+        info = mlflow.transformers.log_model(
+            classifier, name="model", task=params.task.pipeline_task, input_example=example,
+            pip_requirements=requirements)
+        mlflow.log_artifact(str(layout.model_dir / "config.json"), artifact_path="reports")
+    champion = current_champion(client, name)
+    decision = decide(metric=params.task.metric, value=float(metrics[params.task.metric]),
+                      test_split=tags["bertops.test_split_sha256"], min_delta=params.registry.min_delta,
+                      champion=champion)
+    version = mlflow.register_model(info.model_uri, name, tags=tags).version
+    if decision.promote:
+        client.set_registered_model_alias(name, CHAMPION, version)
+        if champion is not None:
+            client.set_model_version_tag(name, champion.version, "bertops.replaced_by", str(version))
+    else:
+        client.set_registered_model_alias(name, CHALLENGER, version)
+    client.set_model_version_tag(name, version, "bertops.decision", CHAMPION if decision.promote else CHALLENGER)
+    client.set_model_version_tag(name, version, "bertops.decision_reason", decision.reason)
+    client.set_tag(run_id, "bertops.registered_version", str(version))
+    result = {"model_name": name, "version": str(version), "model_uri": info.model_uri,
+              "decision": CHAMPION if decision.promote else CHALLENGER, **asdict(decision)}
+    layout.registration_file.write_text(json.dumps(result, indent=1) + "\n")
+    log.info("registered %s v%s -> %s: %s", name, version, result["decision"], decision.reason)
+    return result

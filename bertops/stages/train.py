@@ -1,0 +1,135 @@
+"""Stage 3, train: Lightning fine-tuning; the best checkpoint in Hugging Face format under models/best."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import shutil
+import time
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, TQDMProgressBar
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param
+
+from bertops import tracking
+from bertops.config import Params, flat_params, params_hash
+from bertops.layout import Layout
+from bertops.modeling import load_classifier, load_tokenizer, resolve_model_path
+from bertops.training.data import ClassificationData
+from bertops.training.mlflow_logging import MlflowMetricsLogger
+from bertops.training.module import SequenceClassifier, auto_precision
+
+log = logging.getLogger(__name__)
+
+
+def _fingerprint(params: Params, layout: Layout) -> str:
+    """Identifies a training job: same params and same prepared data -> an interrupted run may resume."""
+    digest = hashlib.sha256(params_hash(params).encode())
+    for name in ("train", "val"):
+        digest.update(layout.split(name).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _write_history(client: MlflowClient, run_id: str, layout: Layout) -> None:
+    """Learning curves for DVC plots, read back from MLflow (so a resumed run's curve is complete)."""
+    plots = layout.reports_dir / "plots"
+    plots.mkdir(parents=True, exist_ok=True)
+    with (plots / "train_loss.csv").open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["step", "train_loss"])
+        for m in sorted(client.get_metric_history(run_id, "train_loss"), key=lambda m: m.step):
+            writer.writerow([m.step, f"{m.value:.6f}"])
+    val = {key: {m.step: m.value for m in client.get_metric_history(run_id, key)}
+           for key in ("val_loss", "val_accuracy", "val_macro_f1")}
+    steps = sorted(set().union(*[set(v) for v in val.values()]))
+    with (plots / "val_metrics.csv").open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["epoch", "step", *val])
+        for epoch, step in enumerate(steps, start=1):
+            writer.writerow([epoch, step, *(f"{val[k].get(step, float('nan')):.6f}" for k in val)])
+
+
+def train(params: Params, layout: Layout) -> dict:
+    hp = params.train
+    labels = json.loads(layout.labels_file.read_text())
+    tokenizer = load_tokenizer(params.model.name_or_path, params.model.revision)
+    model, new_params = load_classifier(params.model.name_or_path, labels, params.model.revision)
+
+    experiment_id = tracking.configure(params, layout)
+    client = MlflowClient()
+    work = layout.work_dir / "train" / _fingerprint(params, layout)
+    state_file, last_ckpt = work / "state.json", work / "ckpt" / "last.ckpt"
+    resume = hp.resume and state_file.is_file() and last_ckpt.is_file()
+    if resume:
+        run_id = json.loads(state_file.read_text())["run_id"]
+        client.update_run(run_id, status="RUNNING")
+        log.info("resuming MLflow run %s from %s", run_id, last_ckpt)
+    else:
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        run = client.create_run(experiment_id, run_name=f"train-{params.registry.model_name}",
+                                tags={"bertops.stage": "train", "bertops.base_model": params.model.name_or_path,
+                                      "bertops.params_hash": params_hash(params)})
+        run_id = run.info.run_id
+        client.log_batch(run_id, params=[Param(k, v[:6000]) for k, v in flat_params(params).items()])
+        client.log_param(run_id, "model.resolved_path", resolve_model_path(params.model.name_or_path))
+        state_file.write_text(json.dumps({"run_id": run_id}))
+
+    L.seed_everything(hp.seed, workers=True, verbose=False)
+    data = ClassificationData(
+        {name: layout.split(name) for name in ("train", "val")}, tokenizer, labels,
+        max_length=params.model.max_length, batch_size=hp.batch_size, eval_batch_size=hp.eval_batch_size,
+        length_grouping=hp.length_grouping, num_workers=hp.num_workers, seed=hp.seed,
+        max_train_examples=hp.max_train_examples)
+    module = SequenceClassifier(model, new_params, hp)
+    monitor = f"val_{params.task.metric}"
+    checkpoint = ModelCheckpoint(dirpath=work / "ckpt", filename="best", monitor=monitor, mode="max", save_top_k=1,
+                                 save_last=True, enable_version_counter=False)
+    callbacks = [checkpoint, TQDMProgressBar(refresh_rate=10),
+                 MlflowMetricsLogger(client, run_id, log_every_n_steps=params.tracking.log_every_n_steps,
+                                     flush_every_n_steps=params.tracking.flush_every_n_steps)]
+    if hp.early_stopping_patience:
+        callbacks.append(EarlyStopping(monitor=monitor, mode="max", patience=hp.early_stopping_patience))
+    precision = auto_precision(hp.precision)
+    trainer = L.Trainer(max_epochs=hp.epochs, accelerator=hp.accelerator, devices=hp.devices, precision=precision,
+                        gradient_clip_val=hp.max_grad_norm, callbacks=callbacks, logger=False,
+                        num_sanity_val_steps=0, enable_model_summary=False, default_root_dir=str(work))
+    started = time.perf_counter()
+    try:
+        trainer.fit(module, datamodule=data, ckpt_path=str(last_ckpt) if resume else None)
+    except BaseException:
+        client.update_run(run_id, status="FAILED")  # the checkpoint stays for a resume
+        raise
+    fit_seconds = time.perf_counter() - started
+
+    best = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=False)
+    module.load_state_dict(best["state_dict"])
+    if layout.model_dir.exists():
+        shutil.rmtree(layout.model_dir)
+    module.model.save_pretrained(layout.model_dir)
+    tokenizer.save_pretrained(layout.model_dir)
+
+    summary = {
+        "best_val_" + params.task.metric: float(checkpoint.best_model_score),
+        "best_epoch": int(best["epoch"]) + 1,
+        "epochs_trained": trainer.current_epoch,
+        "fit_seconds": round(fit_seconds, 1),
+        "precision": precision,
+        "train_examples": len(data.splits["train"]),
+        "train_real_tokens_per_s": round(data.splits["train"].real_tokens() * trainer.current_epoch / fit_seconds, 1)
+        if not resume else None,
+    }
+    client.log_batch(run_id, metrics=[
+        Metric(k, float(v), int(time.time() * 1000), trainer.global_step)
+        for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)])
+    client.set_tag(run_id, "bertops.precision", precision)
+    client.set_terminated(run_id, "FINISHED")
+    _write_history(client, run_id, layout)
+    tracking.write_train_run(layout, run_id, experiment_id)
+    shutil.rmtree(work, ignore_errors=True)
+    log.info("training done: %s", summary)
+    return {"run_id": run_id, **summary}

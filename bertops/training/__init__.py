@@ -1,0 +1,1 @@
+"""Lightning training: data pipeline, module, optimizer/schedule, and MLflow metric logging."""

@@ -1,0 +1,86 @@
+"""Prepared splits -> tokenized once -> length-grouped, dynamically padded batches."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+from transformers import DataCollatorWithPadding
+from transformers.trainer_pt_utils import LengthGroupedSampler
+
+
+def read_split(path: Path) -> list[dict]:
+    with Path(path).open() as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+class EncodedSplit(Dataset):
+    """A split tokenized once up front (no per-step tokenization, no padding until the batch is formed)."""
+
+    def __init__(self, rows: list[dict], tokenizer, labels: list[str], max_length: int):
+        label_ids = {label: i for i, label in enumerate(labels)}
+        texts = [row["text"] for row in rows]
+        pairs = [row["text_pair"] for row in rows] if rows and "text_pair" in rows[0] else None
+        # "longest_first" trims the longer side of a pair first
+        enc = tokenizer(texts, pairs, truncation="longest_first", max_length=max_length)
+        self.features = [{k: enc[k][i] for k in enc.keys()} for i in range(len(rows))]
+        for feature, row in zip(self.features, rows):
+            feature["labels"] = label_ids[row["label"]]
+        self.lengths = [len(f["input_ids"]) for f in self.features]
+
+    def __len__(self):
+        return len(self.features)
+
+    def __getitem__(self, i):
+        return self.features[i]
+
+    def real_tokens(self) -> int:
+        return sum(self.lengths)
+
+
+class ClassificationData(L.LightningDataModule):
+    def __init__(self, split_paths: dict[str, Path], tokenizer, labels: list[str], *, max_length: int,
+                 batch_size: int, eval_batch_size: int, length_grouping: bool, num_workers: int, seed: int,
+                 max_train_examples: int | None = None):
+        super().__init__()
+        self.split_paths, self.tokenizer, self.labels = split_paths, tokenizer, labels
+        self.max_length, self.batch_size, self.eval_batch_size = max_length, batch_size, eval_batch_size
+        self.length_grouping, self.num_workers, self.seed = length_grouping, num_workers, seed
+        self.max_train_examples = max_train_examples
+        self.collate = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8)
+        self.splits: dict[str, EncodedSplit] = {}
+
+    def setup(self, stage: str | None = None):
+        for name, path in self.split_paths.items():
+            if name in self.splits:
+                continue
+            rows = read_split(path)
+            if name == "train" and self.max_train_examples:
+                rows = rows[: self.max_train_examples]
+            self.splits[name] = EncodedSplit(rows, self.tokenizer, self.labels, self.max_length)
+
+    def _loader(self, name: str, batch_size: int, train: bool) -> DataLoader:
+        split = self.splits[name]
+        generator = torch.Generator().manual_seed(self.seed)
+        if train and self.length_grouping:
+            sampler = LengthGroupedSampler(batch_size, lengths=split.lengths, generator=generator)
+        elif train:
+            sampler = torch.utils.data.RandomSampler(split, generator=generator)
+        else:
+            # evaluation order does not matter for metrics: sort by length for the least padding
+            sampler = sorted(range(len(split)), key=split.lengths.__getitem__)
+        return DataLoader(split, batch_size=batch_size, sampler=sampler, collate_fn=self.collate,
+                          num_workers=self.num_workers, pin_memory=torch.cuda.is_available(),
+                          persistent_workers=self.num_workers > 0)
+
+    def train_dataloader(self):
+        return self._loader("train", self.batch_size, train=True)
+
+    def val_dataloader(self):
+        return self._loader("val", self.eval_batch_size, train=False)
+
+    def test_dataloader(self):
+        return self._loader("test", self.eval_batch_size, train=False)

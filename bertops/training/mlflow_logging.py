@@ -1,0 +1,54 @@
+"""Per-step metrics to MLflow without per-step blocking I/O: values stay on the device until a flush, which
+sends them in one `log_batch` call every `flush_every_n_steps` steps and at each validation."""
+
+from __future__ import annotations
+
+import time
+
+import lightning as L
+import torch
+from mlflow import MlflowClient
+from mlflow.entities import Metric
+
+
+class MlflowMetricsLogger(L.Callback):
+    def __init__(self, client: MlflowClient, run_id: str, *, log_every_n_steps: int, flush_every_n_steps: int):
+        self.client, self.run_id = client, run_id
+        self.log_every, self.flush_every = log_every_n_steps, flush_every_n_steps
+        self.pending: list[tuple[str, torch.Tensor | float, int, int]] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        step = trainer.global_step
+        if step % self.log_every == 0:
+            now = int(time.time() * 1000)
+            loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+            self.pending.append(("train_loss", loss.detach(), step, now))
+            for i, group in enumerate(trainer.optimizers[0].param_groups):
+                self.pending.append((f"lr_{group.get('name', i)}", float(group["lr"]), step, now))
+            self.pending.append(("epoch", float(trainer.current_epoch), step, now))
+        if step % self.flush_every == 0:
+            self.flush()
+
+    def on_validation_epoch_end(self, trainer, pl_module):
+        if trainer.sanity_checking:
+            return
+        now = int(time.time() * 1000)
+        for key, value in trainer.callback_metrics.items():
+            if key.startswith("val_"):
+                self.pending.append((key, value.detach(), trainer.global_step, now))
+        self.flush()
+
+    def on_train_end(self, trainer, pl_module):
+        self.flush()
+
+    def flush(self):
+        if not self.pending:
+            return
+        tensors = [v for _, v, _, _ in self.pending if isinstance(v, torch.Tensor)]
+        # one device->host copy for all buffered tensors
+        values = iter(torch.stack([t.float().reshape(()) for t in tensors]).cpu().tolist()) if tensors else iter(())
+        metrics = [Metric(key, next(values) if isinstance(v, torch.Tensor) else v, ts, step)
+                   for key, v, step, ts in self.pending]
+        self.pending.clear()
+        for start in range(0, len(metrics), 1000):  # MLflow accepts at most 1000 metrics per batch
+            self.client.log_batch(self.run_id, metrics=metrics[start:start + 1000])

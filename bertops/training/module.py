@@ -1,0 +1,60 @@
+"""The LightningModule for sequence (and sentence-pair) classification from [CLS]."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+
+from bertops.config import TrainParams
+from bertops.training.optim import build_optimizer, build_schedule, param_groups
+
+
+class SequenceClassifier(L.LightningModule):
+    def __init__(self, model, new_params: set[str], train_params: TrainParams):
+        super().__init__()
+        self.model, self.new_params, self.hp = model, new_params, train_params
+        # from_pretrained returns the model in eval mode (dropout off); Lightning keeps modules' modes as found
+        self.model.train()
+        num_labels = model.config.num_labels
+        self.val_accuracy = MulticlassAccuracy(num_classes=num_labels, average="micro")
+        self.val_macro_f1 = MulticlassF1Score(num_classes=num_labels, average="macro")
+
+    def forward(self, batch):
+        return self.model(**batch)
+
+    def training_step(self, batch, batch_idx):
+        loss = self.model(**batch).loss
+        # kept on the device: the progress bar reads it at its refresh rate, MLflow logging in batches
+        self.log("train_loss", loss, prog_bar=True, logger=False, on_step=True, on_epoch=False)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        out = self.model(**batch)
+        preds = out.logits.argmax(-1)
+        self.val_accuracy.update(preds, batch["labels"])
+        self.val_macro_f1.update(preds, batch["labels"])
+        self.log("val_loss", out.loss, on_epoch=True, batch_size=len(preds), logger=False)
+
+    def on_validation_epoch_end(self):
+        self.log("val_accuracy", self.val_accuracy.compute(), prog_bar=True, logger=False)
+        self.log("val_macro_f1", self.val_macro_f1.compute(), logger=False)
+        self.val_accuracy.reset()
+        self.val_macro_f1.reset()
+
+    def configure_optimizers(self):
+        hp = self.hp
+        groups = param_groups(self.model, lr=hp.lr, head_lr=hp.head_lr or hp.lr, weight_decay=hp.weight_decay,
+                              head_params=self.new_params)
+        optimizer = build_optimizer(groups, betas=hp.adam_betas, eps=hp.adam_eps)
+        schedule = build_schedule(optimizer, total_steps=int(self.trainer.estimated_stepping_batches),
+                                  warmup_ratio=hp.warmup_ratio)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+def auto_precision(precision: str) -> str:
+    if precision != "auto":
+        return precision
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return "bf16-mixed"
+    return "32-true"

@@ -1,0 +1,67 @@
+"""params.yaml validation: every mistake names the field and what is allowed, before any work starts."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bertops.config import load_params, parse_params
+from bertops.errors import ParamsError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def repo_params() -> dict:
+    return yaml.safe_load((REPO / "params.yaml").read_text())
+
+
+def test_repo_params_are_valid():
+    params = load_params(REPO / "params.yaml")
+    assert params.task.type == "sequence_classification"
+    assert params.model.name_or_path == "sentence-transformers/all-MiniLM-L6-v2"
+
+
+@pytest.mark.parametrize("section,key,value,expected", [
+    ("train", "lr", "fast", "train.lr: Input should be a valid number"),
+    ("train", "epochs", 0, "train.epochs: Input should be greater than or equal to 1"),
+    ("train", "precision", "fp8", "train.precision: Input should be 'auto', '32-true', 'bf16-mixed' or '16-mixed'"),
+    ("train", "lr_rate", 1e-5, "train.lr_rate: unknown key"),
+    ("task", "metric", "auc", "task.metric: Input should be 'accuracy' or 'macro_f1'"),
+    ("corpus", "split", {"val": 0.7, "test": 0.1, "seed": 0}, "corpus.split.val: Input should be less than 0.5"),
+    ("train", "adam_betas", [0.9, 1.5], "adam_betas[1] must be in [0, 1)"),
+])
+def test_bad_param_names_field_and_allowed(section, key, value, expected):
+    raw = repo_params()
+    raw[section][key] = value
+    with pytest.raises(ParamsError) as err:
+        parse_params(raw)
+    assert expected in str(err.value)
+
+
+def test_missing_required_field():
+    raw = repo_params()
+    del raw["registry"]["model_name"]
+    with pytest.raises(ParamsError, match="registry.model_name: required field is missing"):
+        parse_params(raw)
+
+
+def test_unknown_section():
+    raw = repo_params()
+    raw["optimizer"] = {"name": "sgd"}
+    with pytest.raises(ParamsError, match="optimizer: unknown key"):
+        parse_params(raw)
+
+
+def test_cli_stops_before_work_with_exit_2(tmp_path):
+    raw = repo_params()
+    raw["train"]["batch_size"] = -4
+    bad = tmp_path / "params.yaml"
+    bad.write_text(yaml.safe_dump(raw))
+    done = subprocess.run([sys.executable, "-m", "bertops.cli", "--params", str(bad), "--root", str(tmp_path),
+                           "stage", "import"], capture_output=True, text=True)
+    assert done.returncode == 2
+    assert "train.batch_size: Input should be greater than or equal to 1; got -4" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "data").exists()  # nothing was started

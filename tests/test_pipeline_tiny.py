@@ -1,0 +1,147 @@
+"""The whole pipeline, stage by stage, on a tiny random-init BERT: training learns, metrics and plots are
+written, registration carries lineage, and the promotion gate moves `champion` only for a better model."""
+
+import json
+
+import mlflow
+import pytest
+from mlflow import MlflowClient
+
+from bertops import tracking
+from bertops.config import load_params
+from bertops.layout import Layout
+from bertops.stages.evaluate import evaluate
+from bertops.stages.import_corpus import import_corpus
+from bertops.stages.prepare import prepare
+from bertops.stages.register import decide, register
+from bertops.stages.train import train
+
+LINEAGE_TAGS = ("bertops.git_commit", "bertops.git_dirty", "bertops.data_raw_md5", "bertops.data_prepared_md5",
+                "bertops.test_split_sha256", "bertops.params_hash", "bertops.params_file_sha256", "bertops.run_id",
+                "bertops.base_model", "bertops.hardware", "bertops.version.transformers")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_model_dir):
+    """Import, prepare, train and evaluate once; tests below register from it."""
+    from conftest import synthetic_reviews, tiny_params, write_corpus_csv
+    import yaml
+
+    root = tmp_path_factory.mktemp("project")
+    write_corpus_csv(root / "corpus.csv", synthetic_reviews(240))
+    (root / "params.yaml").write_text(yaml.safe_dump(tiny_params(tiny_model_dir)))
+    params, layout = load_params(root / "params.yaml"), Layout(root)
+    import_corpus(params, layout)
+    prepare(params, layout)
+    summary = train(params, layout)
+    metrics = evaluate(params, layout)
+    return params, layout, summary, metrics
+
+
+def test_tiny_model_learns_the_task(trained):
+    _, layout, summary, metrics = trained
+    assert summary["best_val_accuracy"] >= 0.9
+    assert metrics["accuracy"] >= 0.9, metrics  # chance is 0.5
+    assert set(metrics["per_class"]) == {"negative", "positive"}
+    assert (layout.model_dir / "config.json").is_file() and (layout.model_dir / "tokenizer.json").is_file()
+    config = json.loads((layout.model_dir / "config.json").read_text())
+    assert config["id2label"] == {"0": "negative", "1": "positive"}
+    for name in ("metrics.json", "confusion_matrix.png", "learning_curve.png", "test_predictions.jsonl",
+                 "plots/train_loss.csv", "plots/val_metrics.csv"):
+        assert (layout.reports_dir / name).is_file(), name
+
+
+def test_training_run_logged_to_mlflow(trained):
+    params, layout, summary, metrics = trained
+    tracking.configure(params, layout)
+    run = MlflowClient().get_run(summary["run_id"])
+    assert run.data.params["train.lr"] == str(params.train.lr)
+    assert run.data.params["model.name_or_path"] == params.model.name_or_path
+    history = MlflowClient().get_metric_history(summary["run_id"], "train_loss")
+    assert len(history) >= 5  # per-step loss, sampled every log_every_n_steps
+    lr = MlflowClient().get_metric_history(summary["run_id"], "lr_encoder")
+    assert max(m.value for m in lr) == pytest.approx(params.train.lr, rel=0.05)  # warmup reached the peak
+    assert sorted(lr, key=lambda m: m.step)[-1].value < params.train.lr / 2  # then decayed
+    assert run.data.metrics["test_accuracy"] == pytest.approx(metrics["accuracy"])
+    val_points = MlflowClient().get_metric_history(summary["run_id"], "val_accuracy")
+    assert len(val_points) == summary["epochs_trained"]
+
+
+def _set_test_accuracy(layout, value):
+    metrics = json.loads(layout.metrics_file.read_text())
+    metrics["accuracy"] = value
+    layout.metrics_file.write_text(json.dumps(metrics))
+
+
+def test_promotion_gate_both_ways(trained):
+    params, layout, summary, metrics = trained
+    name = params.registry.model_name
+    client = MlflowClient(tracking_uri=tracking.tracking_uri(params, layout.root))
+
+    _set_test_accuracy(layout, 0.90)
+    first = register(params, layout)
+    assert first["decision"] == "champion" and first["reason"] == "no champion yet"
+    champion = client.get_model_version_by_alias(name, "champion")
+    assert champion.version == first["version"]
+    for tag in LINEAGE_TAGS:
+        assert champion.tags.get(tag) not in (None, ""), tag
+    assert champion.tags["bertops.run_id"] == summary["run_id"]
+
+    _set_test_accuracy(layout, 0.85)  # worse: the alias stays, the version is tagged with why
+    worse = register(params, layout)
+    assert worse["decision"] == "challenger"
+    assert client.get_model_version_by_alias(name, "champion").version == first["version"]
+    assert client.get_model_version_by_alias(name, "challenger").version == worse["version"]
+    tags = client.get_model_version(name, worse["version"]).tags
+    assert tags["bertops.decision"] == "challenger"
+    assert "does not reach min_delta" in tags["bertops.decision_reason"]
+    assert json.loads(layout.registration_file.read_text())["decision"] == "challenger"
+
+    _set_test_accuracy(layout, 0.95)  # better: the alias moves
+    better = register(params, layout)
+    assert better["decision"] == "champion"
+    assert client.get_model_version_by_alias(name, "champion").version == better["version"]
+    assert client.get_model_version(name, first["version"]).tags["bertops.replaced_by"] == better["version"]
+
+
+def test_registered_model_loads_by_alias_and_predicts(trained):
+    params, layout, _, _ = trained
+    tracking.configure(params, layout)
+    classifier = mlflow.transformers.load_model(f"models:/{params.registry.model_name}@champion")
+    out = classifier(["the movie was great and charming", "the film was awful and boring"])
+    assert [o["label"] for o in out] == ["positive", "negative"]
+
+
+class _Version:
+    def __init__(self, value, split="s1", metric="accuracy"):
+        self.version = "3"
+        self.tags = {"bertops.metric": metric, "bertops.test_value": repr(value), "bertops.test_split_sha256": split}
+
+
+@pytest.mark.parametrize("value,champion,min_delta,promote,why", [
+    (0.80, None, 0.0, True, "no champion yet"),
+    (0.86, _Version(0.85), 0.0, True, "beats champion v3"),
+    (0.85, _Version(0.85), 0.0, False, "must be > 0"),
+    (0.855, _Version(0.85), 0.01, False, "does not reach min_delta 0.01"),
+    (0.87, _Version(0.85), 0.01, True, "beats"),
+    (0.99, _Version(0.85, split="other"), 0.0, False, "different test split"),
+    (0.99, _Version(0.85, metric="macro_f1"), 0.0, False, "not comparable"),
+])
+def test_decide(value, champion, min_delta, promote, why):
+    decision = decide(metric="accuracy", value=value, test_split="s1", min_delta=min_delta, champion=champion)
+    assert decision.promote is promote and why in decision.reason
+
+
+def test_missing_model_is_a_clear_error(tmp_path, tiny_project):
+    from bertops.errors import BertopsError
+    from bertops.config import parse_params
+    import yaml
+
+    raw = yaml.safe_load((tiny_project / "params.yaml").read_text())
+    raw["model"]["name_or_path"] = str(tmp_path / "no-such-model")
+    params, layout = parse_params(raw), Layout(tiny_project)
+    import_corpus(params, layout)
+    prepare(params, layout)
+    with pytest.raises(BertopsError, match="model.name_or_path: cannot load"):
+        train(params, layout)
+    assert not (tiny_project / "mlflow.db").exists()  # failed before any run was created

@@ -1,0 +1,54 @@
+"""The Prefect retraining flow end to end (ephemeral mode, no server) on the tiny setup: the first run executes
+every DVC stage and registers a champion; a second run with nothing changed skips every stage; a clearly worse
+learning rate registers a challenger that does not take the alias."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+from mlflow import MlflowClient
+
+from conftest import make_pipeline_repo
+
+pytestmark = pytest.mark.timeout(900)
+
+
+def run_flow(root, *extra):
+    done = subprocess.run([sys.executable, "-m", "flows.retrain", "--project-dir", str(root), *extra],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return json.loads(done.stdout[done.stdout.index("{\n"):])
+
+
+def test_flow_runs_stages_skips_unchanged_and_gates(tiny_project):
+    root = tiny_project
+    make_pipeline_repo(root)
+
+    first = run_flow(root)
+    assert first["stages"] == {s: "ran" for s in ("import", "prepare", "train", "evaluate", "register")}
+    assert first["registration"]["decision"] == "champion"
+    assert json.loads((root / "reports" / "metrics.json").read_text())["accuracy"] >= 0.9
+
+    second = run_flow(root)
+    assert set(second["stages"].values()) == {"skipped"}
+    assert second["registration"] is None
+
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["train"]["lr"] = 1e-7  # cannot learn anything in 6 short epochs
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    third = run_flow(root)
+    assert third["stages"]["import"] == third["stages"]["prepare"] == "skipped"
+    assert third["stages"]["train"] == "ran"
+    assert third["registration"]["decision"] == "challenger"
+    client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    assert client.get_model_version_by_alias("tiny-sentiment", "champion").version == "1"
+    assert client.get_model_version_by_alias("tiny-sentiment", "challenger").version == "2"
+
+
+def test_decision_markdown_for_a_skipped_run():
+    from flows.retrain import decision_markdown
+
+    text = decision_markdown({"train": "skipped", "register": "skipped"}, None, None)
+    assert "No new version" in text
