@@ -82,7 +82,7 @@ def test_promotion_gate_both_ways(trained):
     first = register(params, layout)
     assert first["decision"] == "champion" and first["reason"] == "no champion yet"
     champion = client.get_model_version_by_alias(name, "champion")
-    assert champion.version == first["version"]
+    assert str(champion.version) == first["version"]
     for tag in LINEAGE_TAGS:
         assert champion.tags.get(tag) not in (None, ""), tag
     assert champion.tags["bertops.run_id"] == summary["run_id"]
@@ -90,8 +90,8 @@ def test_promotion_gate_both_ways(trained):
     _set_test_accuracy(layout, 0.85)  # worse: the alias stays, the version is tagged with why
     worse = register(params, layout)
     assert worse["decision"] == "challenger"
-    assert client.get_model_version_by_alias(name, "champion").version == first["version"]
-    assert client.get_model_version_by_alias(name, "challenger").version == worse["version"]
+    assert str(client.get_model_version_by_alias(name, "champion").version) == first["version"]
+    assert str(client.get_model_version_by_alias(name, "challenger").version) == worse["version"]
     tags = client.get_model_version(name, worse["version"]).tags
     assert tags["bertops.decision"] == "challenger"
     assert "does not reach min_delta" in tags["bertops.decision_reason"]
@@ -100,7 +100,7 @@ def test_promotion_gate_both_ways(trained):
     _set_test_accuracy(layout, 0.95)  # better: the alias moves
     better = register(params, layout)
     assert better["decision"] == "champion"
-    assert client.get_model_version_by_alias(name, "champion").version == better["version"]
+    assert str(client.get_model_version_by_alias(name, "champion").version) == better["version"]
     assert client.get_model_version(name, first["version"]).tags["bertops.replaced_by"] == better["version"]
 
 
@@ -145,3 +145,65 @@ def test_missing_model_is_a_clear_error(tmp_path, tiny_project):
     with pytest.raises(BertopsError, match="model.name_or_path: cannot load"):
         train(params, layout)
     assert not (tiny_project / "mlflow.db").exists()  # failed before any run was created
+
+
+def test_killed_training_resumes_from_last_checkpoint(tiny_project):
+    """SIGKILL the train stage after its first epoch checkpoint; re-running it continues the same MLflow run
+    from that epoch instead of starting over."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+
+    raw = yaml.safe_load((tiny_project / "params.yaml").read_text())
+    raw["train"].update({"epochs": 4, "early_stopping_patience": None})
+    (tiny_project / "params.yaml").write_text(yaml.safe_dump(raw))
+    params, layout = load_params(tiny_project / "params.yaml"), Layout(tiny_project)
+    import_corpus(params, layout)
+    prepare(params, layout)
+
+    cmd = [sys.executable, "-m", "bertops.cli", "--root", str(tiny_project), "--params",
+           str(tiny_project / "params.yaml"), "stage", "train"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline and not list((tiny_project / ".bertops").rglob("last.ckpt")):
+        assert proc.poll() is None, "training ended before it could be killed"
+        time.sleep(0.05)
+    time.sleep(0.5)  # let the checkpoint file be completely written
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    state = json.loads(next((tiny_project / ".bertops").rglob("state.json")).read_text())
+    assert not layout.model_dir.exists()
+
+    summary = train(params, layout)
+    assert summary["run_id"] == state["run_id"]  # the same MLflow run continued
+    tracking.configure(params, layout)
+    epochs_logged = [m.value for m in MlflowClient().get_metric_history(summary["run_id"], "val_accuracy")]
+    assert len(epochs_logged) == 4  # one validation per epoch, none repeated or lost
+    assert summary["epochs_trained"] == 4
+    assert not list((tiny_project / ".bertops").rglob("*.ckpt"))  # cleaned up after success
+
+
+def test_predict_cli_prints_label_and_probability(trained, capsys):
+    from bertops.cli import main
+
+    params, layout, _, _ = trained
+    code = main(["--root", str(layout.root), "--params", str(layout.params), "predict", "--json",
+                 "the movie was great and charming", "the film was awful and boring"])
+    assert code == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    assert [r["label"] for r in rows] == ["positive", "negative"]
+    assert all(0.5 < r["probability"] <= 1 for r in rows)
+
+
+def test_predict_cli_unknown_model_is_a_clear_error(trained, capsys):
+    from bertops.cli import main
+
+    params, layout, _, _ = trained
+    code = main(["--root", str(layout.root), "--params", str(layout.params), "predict",
+                 "--model-uri", "models:/no-such-model@champion", "text"])
+    assert code == 2
+    assert "cannot load models:/no-such-model@champion" in capsys.readouterr().err

@@ -43,8 +43,8 @@ def test_flow_runs_stages_skips_unchanged_and_gates(tiny_project):
     assert third["stages"]["train"] == "ran"
     assert third["registration"]["decision"] == "challenger"
     client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
-    assert client.get_model_version_by_alias("tiny-sentiment", "champion").version == "1"
-    assert client.get_model_version_by_alias("tiny-sentiment", "challenger").version == "2"
+    assert str(client.get_model_version_by_alias("tiny-sentiment", "champion").version) == "1"
+    assert str(client.get_model_version_by_alias("tiny-sentiment", "challenger").version) == "2"
 
 
 def test_decision_markdown_for_a_skipped_run():

@@ -17,6 +17,7 @@ from mlflow.entities import Metric, Param
 
 from bertops import tracking
 from bertops.config import Params, flat_params, params_hash
+from bertops.errors import BertopsError
 from bertops.layout import Layout
 from bertops.modeling import load_classifier, load_tokenizer, resolve_model_path
 from bertops.training.data import ClassificationData
@@ -96,7 +97,7 @@ def train(params: Params, layout: Layout) -> dict:
         callbacks.append(EarlyStopping(monitor=monitor, mode="max", patience=hp.early_stopping_patience))
     precision = auto_precision(hp.precision)
     trainer = L.Trainer(max_epochs=hp.epochs, accelerator=hp.accelerator, devices=hp.devices, precision=precision,
-                        gradient_clip_val=hp.max_grad_norm, callbacks=callbacks, logger=False,
+                        callbacks=callbacks, logger=False,
                         num_sanity_val_steps=0, enable_model_summary=False, default_root_dir=str(work))
     started = time.perf_counter()
     try:
@@ -105,6 +106,9 @@ def train(params: Params, layout: Layout) -> dict:
         client.update_run(run_id, status="FAILED")  # the checkpoint stays for a resume
         raise
     fit_seconds = time.perf_counter() - started
+    if trainer.interrupted:  # Lightning turns Ctrl-C into a graceful stop: keep the checkpoint, export nothing
+        client.set_terminated(run_id, "KILLED")
+        raise BertopsError(f"training interrupted; re-run the train stage to resume from {last_ckpt}")
 
     best = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=False)
     module.load_state_dict(best["state_dict"])

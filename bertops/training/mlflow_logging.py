@@ -29,7 +29,8 @@ class MlflowMetricsLogger(L.Callback):
         if step % self.flush_every == 0:
             self.flush()
 
-    def on_validation_epoch_end(self, trainer, pl_module):
+    def on_validation_end(self, trainer, pl_module):
+        # not on_validation_epoch_end: callbacks run before the module's hook, which computes the epoch metrics
         if trainer.sanity_checking:
             return
         now = int(time.time() * 1000)

@@ -42,11 +42,19 @@ class SequenceClassifier(L.LightningModule):
         self.val_accuracy.reset()
         self.val_macro_f1.reset()
 
+    def on_before_optimizer_step(self, optimizer):
+        # Clipping here rather than through Trainer(gradient_clip_val=...): Lightning's mixed-precision plugin
+        # refuses to clip for fused optimizers, and this hook already sees unscaled gradients.
+        if self.hp.max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(self.parameters(), self.hp.max_grad_norm, foreach=True)
+
     def configure_optimizers(self):
         hp = self.hp
         groups = param_groups(self.model, lr=hp.lr, head_lr=hp.head_lr or hp.lr, weight_decay=hp.weight_decay,
                               head_params=self.new_params)
-        optimizer = build_optimizer(groups, betas=hp.adam_betas, eps=hp.adam_eps)
+        # fp16 with a GradScaler needs the non-fused step (Lightning unscales before clipping only then)
+        fused = self.trainer.precision != "16-mixed"
+        optimizer = build_optimizer(groups, betas=hp.adam_betas, eps=hp.adam_eps, fused=fused)
         schedule = build_schedule(optimizer, total_steps=int(self.trainer.estimated_stepping_batches),
                                   warmup_ratio=hp.warmup_ratio)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
