@@ -80,7 +80,7 @@ class TrainParams(_Section):
     devices: int | Literal["auto"] = "auto"
     length_grouping: bool = Field(True, description="batch examples of similar length (less padding)")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes")
-    max_train_examples: int | None = Field(None, ge=1, description="use only the first N training examples")
+    max_train_examples: int | None = Field(None, ge=1, description="train on a random subset of N examples (seeded by train.seed)")
     resume: bool = Field(True, description="continue from the last checkpoint of an interrupted run")
 
     @model_validator(mode="after")

@@ -28,9 +28,17 @@ def configure(params: Params, layout: Layout) -> str:
 
     os.environ.setdefault("MPLCONFIGDIR", str(layout.work_dir / "matplotlib"))
     uri = tracking_uri(params, layout.root)
+    saved = {key: os.environ.get(key) for key in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
     mlflow.set_tracking_uri(uri)
     # the registry lives beside the tracking store unless MLFLOW_REGISTRY_URI says otherwise
-    mlflow.set_registry_uri(os.environ.get("MLFLOW_REGISTRY_URI") or uri)
+    mlflow.set_registry_uri(saved["MLFLOW_REGISTRY_URI"] or uri)
+    # mlflow also exports these URIs to os.environ; put the user's environment back, or a later project in this
+    # process (and every child process) would silently log into this project's store
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
     experiment = mlflow.get_experiment_by_name(params.tracking.experiment)
     if experiment is not None:
         return experiment.experiment_id

@@ -76,7 +76,8 @@ def _set_test_accuracy(layout, value):
 def test_promotion_gate_both_ways(trained):
     params, layout, summary, metrics = trained
     name = params.registry.model_name
-    client = MlflowClient(tracking_uri=tracking.tracking_uri(params, layout.root))
+    store = tracking.tracking_uri(params, layout.root)
+    client = MlflowClient(tracking_uri=store, registry_uri=store)
 
     _set_test_accuracy(layout, 0.90)
     first = register(params, layout)
@@ -107,7 +108,11 @@ def test_promotion_gate_both_ways(trained):
 def test_registered_model_loads_by_alias_and_predicts(trained):
     params, layout, _, _ = trained
     tracking.configure(params, layout)
-    classifier = mlflow.transformers.load_model(f"models:/{params.registry.model_name}@champion")
+    uri = f"models:/{params.registry.model_name}@champion"
+    info = mlflow.models.get_model_info(uri)
+    assert info.flavors["transformers"]["task"] == "text-classification"
+    assert info.signature is not None and info.saved_input_example_info is not None
+    classifier = mlflow.transformers.load_model(uri)
     out = classifier(["the movie was great and charming", "the film was awful and boring"])
     assert [o["label"] for o in out] == ["positive", "negative"]
 
@@ -159,7 +164,7 @@ def test_killed_training_resumes_from_last_checkpoint(tiny_project):
     import yaml
 
     raw = yaml.safe_load((tiny_project / "params.yaml").read_text())
-    raw["train"].update({"epochs": 4, "early_stopping_patience": None})
+    raw["train"].update({"epochs": 30, "early_stopping_patience": None})  # long enough to be killed midway
     (tiny_project / "params.yaml").write_text(yaml.safe_dump(raw))
     params, layout = load_params(tiny_project / "params.yaml"), Layout(tiny_project)
     import_corpus(params, layout)
@@ -177,13 +182,18 @@ def test_killed_training_resumes_from_last_checkpoint(tiny_project):
     proc.wait()
     state = json.loads(next((tiny_project / ".bertops").rglob("state.json")).read_text())
     assert not layout.model_dir.exists()
+    tracking.configure(params, layout)
+    before_kill = len(MlflowClient().get_metric_history(state["run_id"], "val_accuracy"))
+    assert 1 <= before_kill < 30
 
     summary = train(params, layout)
     assert summary["run_id"] == state["run_id"]  # the same MLflow run continued
     tracking.configure(params, layout)
-    epochs_logged = [m.value for m in MlflowClient().get_metric_history(summary["run_id"], "val_accuracy")]
-    assert len(epochs_logged) == 4  # one validation per epoch, none repeated or lost
-    assert summary["epochs_trained"] == 4
+    history = MlflowClient().get_metric_history(summary["run_id"], "val_accuracy")
+    # every epoch validated; epochs after the checkpoint that was resumed from were redone (same steps again)
+    assert len({m.step for m in history}) == 30
+    assert len(history) < before_kill + 30  # resumed from a checkpoint, not restarted from epoch 0
+    assert summary["epochs_trained"] == 30
     assert not list((tiny_project / ".bertops").rglob("*.ckpt"))  # cleaned up after success
 
 
@@ -207,3 +217,12 @@ def test_predict_cli_unknown_model_is_a_clear_error(trained, capsys):
                  "--model-uri", "models:/no-such-model@champion", "text"])
     assert code == 2
     assert "cannot load models:/no-such-model@champion" in capsys.readouterr().err
+
+
+def test_configure_does_not_leak_the_store_into_the_environment(tmp_path, tiny_project):
+    import os
+
+    params = load_params(tiny_project / "params.yaml")
+    tracking.configure(params, Layout(tiny_project))
+    assert "MLFLOW_TRACKING_URI" not in os.environ
+    assert mlflow.get_tracking_uri() == f"sqlite:///{tiny_project / 'mlflow.db'}"

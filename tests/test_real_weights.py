@@ -1,4 +1,4 @@
-"""Real weights: the packaged all-MiniLM-L6-v2 fine-tuned for one short epoch on a ~200-example slice of the
+"""Real weights: the packaged all-MiniLM-L6-v2 fine-tuned for two short epochs on a 224-example slice of the
 real MR corpus; the registered version loads back by alias and predicts."""
 
 import importlib.util
@@ -28,7 +28,7 @@ pytestmark = [
 def test_minilm_on_mr_slice_registers_and_predicts(tmp_path):
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     raw["corpus"]["source"] = str(REPO / "data" / "sources" / "vader-mr.yaml")
-    raw["train"].update({"epochs": 1, "max_train_examples": 224, "batch_size": 16, "lr": 1e-4})
+    raw["train"].update({"epochs": 2, "max_train_examples": 224, "batch_size": 8, "lr": 2e-4, "head_lr": 2e-3})
     raw["registry"]["model_name"] = "minilm-mr-slice"
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
     params, layout = load_params(tmp_path / "params.yaml"), Layout(tmp_path)
@@ -38,8 +38,8 @@ def test_minilm_on_mr_slice_registers_and_predicts(tmp_path):
     summary = train(params, layout)
     assert summary["train_examples"] == 224
     metrics = evaluate(params, layout)
-    # 14 steps of real weights already beat chance on ~1,000 held-out sentences
-    assert metrics["accuracy"] > 0.6, metrics
+    # 56 steps on 224 sentences already beat chance (0.50) on 1,057 held-out sentences
+    assert metrics["accuracy"] > 0.65, metrics
     result = register(params, layout)
     assert result["decision"] == "champion"
 

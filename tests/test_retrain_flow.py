@@ -42,9 +42,17 @@ def test_flow_runs_stages_skips_unchanged_and_gates(tiny_project):
     assert third["stages"]["import"] == third["stages"]["prepare"] == "skipped"
     assert third["stages"]["train"] == "ran"
     assert third["registration"]["decision"] == "challenger"
-    client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    store = f"sqlite:///{root / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=store, registry_uri=store)
     assert str(client.get_model_version_by_alias("tiny-sentiment", "champion").version) == "1"
     assert str(client.get_model_version_by_alias("tiny-sentiment", "challenger").version) == "2"
+    # lineage: the data hashes on the version are the ones dvc.lock recorded for this run
+    lock = yaml.safe_load((root / "dvc.lock").read_text())["stages"]
+    tags = client.get_model_version("tiny-sentiment", "2").tags
+    assert tags["bertops.data_raw_md5"] == lock["import"]["outs"][0]["md5"]
+    assert tags["bertops.data_prepared_md5"] == lock["prepare"]["outs"][0]["md5"]
+    assert tags["bertops.git_dirty"] == "true"  # params.yaml was edited and not committed
+    assert len(tags["bertops.git_commit"]) == 40
 
 
 def test_decision_markdown_for_a_skipped_run():
@@ -52,3 +60,15 @@ def test_decision_markdown_for_a_skipped_run():
 
     text = decision_markdown({"train": "skipped", "register": "skipped"}, None, None)
     assert "No new version" in text
+
+
+def test_decision_markdown_for_a_challenger():
+    from flows.retrain import decision_markdown
+
+    registration = {"metric": "accuracy", "decision": "challenger", "version": "2", "challenger_value": 0.81,
+                    "champion_version": "1", "champion_value": 0.85, "reason": "delta -0.04", "model_name": "m"}
+    metrics = {"accuracy": 0.81, "macro_f1": 0.8,
+               "per_class": {"pos": {"precision": 0.8, "recall": 0.82, "f1": 0.81, "support": 50}}}
+    text = decision_markdown({"train": "ran", "register": "ran"}, registration, metrics)
+    assert "Decision: **challenger**" in text and "| champion before | v1 | 0.8500 |" in text
+    assert "| pos | 0.800 | 0.820 | 0.810 | 50 |" in text

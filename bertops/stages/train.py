@@ -35,6 +35,18 @@ def _fingerprint(params: Params, layout: Layout) -> str:
     return digest.hexdigest()[:16]
 
 
+def _readable_checkpoint(path) -> bool:
+    """A kill during a checkpoint write can leave a truncated file: then start over rather than crash."""
+    if not path.is_file():
+        return False
+    try:
+        torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+        return True
+    except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint means the same thing
+        log.warning("cannot resume from %s (%s): starting over", path, exc)
+        return False
+
+
 def _write_history(client: MlflowClient, run_id: str, layout: Layout) -> None:
     """Learning curves for DVC plots, read back from MLflow (so a resumed run's curve is complete)."""
     plots = layout.reports_dir / "plots"
@@ -64,7 +76,7 @@ def train(params: Params, layout: Layout) -> dict:
     client = MlflowClient()
     work = layout.work_dir / "train" / _fingerprint(params, layout)
     state_file, last_ckpt = work / "state.json", work / "ckpt" / "last.ckpt"
-    resume = hp.resume and state_file.is_file() and last_ckpt.is_file()
+    resume = hp.resume and state_file.is_file() and _readable_checkpoint(last_ckpt)
     if resume:
         run_id = json.loads(state_file.read_text())["run_id"]
         client.update_run(run_id, status="RUNNING")

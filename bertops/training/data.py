@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
 import lightning as L
@@ -58,8 +59,9 @@ class ClassificationData(L.LightningDataModule):
             if name in self.splits:
                 continue
             rows = read_split(path)
-            if name == "train" and self.max_train_examples:
-                rows = rows[: self.max_train_examples]
+            if name == "train" and self.max_train_examples and self.max_train_examples < len(rows):
+                # a random subset: split files keep the corpus order, which is often grouped by label
+                rows = random.Random(self.seed).sample(rows, self.max_train_examples)
             self.splits[name] = EncodedSplit(rows, self.tokenizer, self.labels, self.max_length)
 
     def _loader(self, name: str, batch_size: int, train: bool) -> DataLoader:

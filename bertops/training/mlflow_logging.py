@@ -16,13 +16,18 @@ class MlflowMetricsLogger(L.Callback):
         self.client, self.run_id = client, run_id
         self.log_every, self.flush_every = log_every_n_steps, flush_every_n_steps
         self.pending: list[tuple[str, torch.Tensor | float, int, int]] = []
+        self.loss_sum, self.loss_count = None, 0
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         step = trainer.global_step
+        loss = (outputs["loss"] if isinstance(outputs, dict) else outputs).detach()
+        self.loss_sum = loss if self.loss_sum is None else self.loss_sum + loss  # stays on the device
+        self.loss_count += 1
         if step % self.log_every == 0:
             now = int(time.time() * 1000)
-            loss = outputs["loss"] if isinstance(outputs, dict) else outputs
-            self.pending.append(("train_loss", loss.detach(), step, now))
+            # the mean over the steps since the last point, not one noisy batch
+            self.pending.append(("train_loss", self.loss_sum / self.loss_count, step, now))
+            self.loss_sum, self.loss_count = None, 0
             for i, group in enumerate(trainer.optimizers[0].param_groups):
                 self.pending.append((f"lr_{group.get('name', i)}", float(group["lr"]), step, now))
             self.pending.append(("epoch", float(trainer.current_epoch), step, now))
