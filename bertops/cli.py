@@ -33,7 +33,8 @@ def run_stage(name: str, params_path: Path, root: Path):
     return stage(params, layout)
 
 
-def predict(model_uri: str | None, texts: list[str], file: Path | None, params_path: Path, root: Path) -> list[dict]:
+def predict(model_uri: str | None, texts: list[str], file: Path | None, params_path: Path, root: Path,
+            pairs: bool = False) -> list[dict]:
     import mlflow
 
     from bertops import tracking
@@ -53,7 +54,15 @@ def predict(model_uri: str | None, texts: list[str], file: Path | None, params_p
         classifier = mlflow.transformers.load_model(model_uri)
     except mlflow.exceptions.MlflowException as exc:
         raise BertopsError(f"cannot load {model_uri}: {exc.message}") from None
-    outputs = classifier(texts, batch_size=64, truncation=True)
+    inputs = texts
+    if pairs:  # sentence pairs: "first<TAB>second"
+        inputs = []
+        for i, text in enumerate(texts, start=1):
+            first, sep, second = text.partition("\t")
+            if not sep:
+                raise BertopsError(f"predict --pairs: input {i} has no TAB between the two texts: {text!r}")
+            inputs.append({"text": first, "text_pair": second})
+    outputs = classifier(inputs, batch_size=64, truncation=True)
     return [{"text": t, "label": o["label"], "probability": round(float(o["score"]), 4)}
             for t, o in zip(texts, outputs)]
 
@@ -69,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("texts", nargs="*", help="texts to classify")
     pred.add_argument("--file", type=Path, help="a file with one text per line")
     pred.add_argument("--model-uri", help="registry reference (default models:/<registry.model_name>@champion)")
+    pred.add_argument("--pairs", action="store_true", help="each input is a sentence pair: first<TAB>second")
     pred.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
     sub.add_parser("check-params", help="validate params.yaml and print the effective values")
     return parser
@@ -84,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
             if isinstance(result, dict):
                 print(json.dumps(result, indent=1, default=str))
         elif args.command == "predict":
-            for row in predict(args.model_uri, args.texts, args.file, args.params, args.root):
+            for row in predict(args.model_uri, args.texts, args.file, args.params, args.root, args.pairs):
                 print(json.dumps(row) if args.json else f"{row['label']}\t{row['probability']:.4f}\t{row['text']}")
         elif args.command == "check-params":
             from bertops.config import load_params

@@ -83,6 +83,11 @@ def lineage_tags(params: Params, layout: Layout, run_id: str, metrics: dict) -> 
     return tags
 
 
+def _pipeline_input(row: dict):
+    """What the text-classification pipeline takes: a string, or {text, text_pair} for a sentence pair."""
+    return {"text": row["text"], "text_pair": row["text_pair"]} if "text_pair" in row else row["text"]
+
+
 def register(params: Params, layout: Layout) -> dict:
     # everything that can fail on bad input is checked before anything is written to the registry
     for needed in (layout.metrics_file, layout.train_run_file, layout.model_dir / "config.json"):
@@ -100,7 +105,7 @@ def register(params: Params, layout: Layout) -> dict:
     model = AutoModelForSequenceClassification.from_pretrained(layout.model_dir)
     tokenizer = AutoTokenizer.from_pretrained(layout.model_dir)
     classifier = pipeline(params.task.pipeline_task, model=model, tokenizer=tokenizer)
-    example = [json.loads(line)["text"] for line in layout.split("test").open()][:2]
+    example = [_pipeline_input(json.loads(line)) for line in layout.split("test").open()][:2]
     pins = lineage.package_versions("transformers", "torch", "tokenizers", "accelerate")
     requirements = [f"{k}=={v.split('+')[0]}" for k, v in pins.items() if v != "not installed"]
 
