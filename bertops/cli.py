@@ -11,26 +11,24 @@ from pathlib import Path
 
 from bertops.errors import BertopsError
 
-STAGES = ("import", "prepare", "train", "evaluate", "register")
+STAGE_FUNCTIONS = {  # stage name -> (module, function); imported lazily so `--help` stays fast
+    "import": ("bertops.stages.import_corpus", "import_corpus"),
+    "prepare": ("bertops.stages.prepare", "prepare"),
+    "train": ("bertops.stages.train", "train"),
+    "evaluate": ("bertops.stages.evaluate", "evaluate"),
+    "register": ("bertops.stages.register", "register"),
+}
 
 
 def run_stage(name: str, params_path: Path, root: Path):
+    import importlib
+
     from bertops.config import load_params
     from bertops.layout import Layout
 
     params = load_params(params_path)  # validated before any work starts
-    layout = Layout(root.resolve())
-    if name == "import":
-        from bertops.stages.import_corpus import import_corpus as stage
-    elif name == "prepare":
-        from bertops.stages.prepare import prepare as stage
-    elif name == "train":
-        from bertops.stages.train import train as stage
-    elif name == "evaluate":
-        from bertops.stages.evaluate import evaluate as stage
-    else:
-        from bertops.stages.register import register as stage
-    return stage(params, layout)
+    module, function = STAGE_FUNCTIONS[name]
+    return getattr(importlib.import_module(module), function)(params, Layout(root.resolve()))
 
 
 def predict(model_uri: str | None, texts: list[str], file: Path | None, params_path: Path, root: Path,
@@ -73,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--root", type=Path, default=Path("."), help="project root (default: current directory)")
     sub = parser.add_subparsers(dest="command", required=True)
     stage = sub.add_parser("stage", help="run one pipeline stage (dvc.yaml calls these)")
-    stage.add_argument("name", choices=STAGES)
+    stage.add_argument("name", choices=list(STAGE_FUNCTIONS))
     pred = sub.add_parser("predict", help="label and probability for each input text")
     pred.add_argument("texts", nargs="*", help="texts to classify")
     pred.add_argument("--file", type=Path, help="a file with one text per line")

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from bertops.errors import CorpusError
+
 
 @dataclass(frozen=True)
 class Layout:
@@ -66,8 +68,6 @@ class Layout:
     def raw_corpus(self) -> Path:
         files = sorted(p for p in self.raw_dir.glob("corpus.*") if p.is_file())
         if len(files) != 1:
-            from bertops.errors import CorpusError
-
             raise CorpusError(self.raw_dir, None, f"expected exactly one corpus.* file, found {len(files)}: "
                                                   "run the import stage first")
         return files[0]
