@@ -65,6 +65,30 @@ def predict(model_uri: str | None, texts: list[str], file: Path | None, params_p
             for t, o in zip(texts, outputs)]
 
 
+def registry_command(args) -> None:
+    from mlflow import MlflowClient
+
+    from bertops import registry, tracking
+    from bertops.config import load_params
+    from bertops.layout import Layout
+
+    tracking.configure(load_params(args.params), Layout(args.root.resolve()))
+    client = MlflowClient()
+    if args.command == "promote":
+        registry.promote(client, args.name, args.version, args.reason)
+        print(f"{args.name} v{args.version} is now champion")
+    elif args.command == "rollback":
+        print(f"{args.name}: champion moved back to v{registry.rollback(client, args.name)}")
+    elif args.data:
+        for name, version in registry.versions_trained_on(client, args.data):
+            print(f"{name}\t{version}")
+    elif args.name and args.version:
+        for key, value in registry.lineage_of(client, args.name, args.version).items():
+            print(f"{key}\t{value}")
+    else:
+        raise BertopsError("lineage: give NAME VERSION, or --data HASH")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bertops", description=__doc__)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file (default params.yaml)")
@@ -79,6 +103,16 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--pairs", action="store_true", help="each input is a sentence pair: first<TAB>second")
     pred.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
     sub.add_parser("check-params", help="validate params.yaml and print the effective values")
+    prom = sub.add_parser("promote", help="manually make VERSION the champion (recorded with who and why)")
+    prom.add_argument("name")
+    prom.add_argument("version")
+    prom.add_argument("--reason", required=True)
+    back = sub.add_parser("rollback", help="move champion back to the previous champion")
+    back.add_argument("name")
+    lin = sub.add_parser("lineage", help="a version's lineage tags, or the versions trained on a data hash")
+    lin.add_argument("name", nargs="?")
+    lin.add_argument("version", nargs="?")
+    lin.add_argument("--data", help="a DVC md5 of data/raw or data/prepared")
     return parser
 
 
@@ -94,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "predict":
             for row in predict(args.model_uri, args.texts, args.file, args.params, args.root, args.pairs):
                 print(json.dumps(row) if args.json else f"{row['label']}\t{row['probability']:.4f}\t{row['text']}")
+        elif args.command in ("promote", "rollback", "lineage"):
+            registry_command(args)
         elif args.command == "check-params":
             from bertops.config import load_params
 

@@ -226,3 +226,39 @@ def test_configure_does_not_leak_the_store_into_the_environment(tmp_path, tiny_p
     tracking.configure(params, Layout(tiny_project))
     assert "MLFLOW_TRACKING_URI" not in os.environ
     assert mlflow.get_tracking_uri() == f"sqlite:///{tiny_project / 'mlflow.db'}"
+
+
+def test_manual_promotion_rollback_and_lineage_lookup(trained, capsys):
+    """Builds on the versions test_promotion_gate_both_ways registered (champion history 1 -> 3)."""
+    from bertops.cli import main
+    from bertops.registry import champion_history
+
+    params, layout, summary, _ = trained
+    name = params.registry.model_name
+    store = tracking.tracking_uri(params, layout.root)
+    client = MlflowClient(tracking_uri=store, registry_uri=store)
+    base = ["--root", str(layout.root), "--params", str(layout.params)]
+    assert champion_history(client, name) == ["1", "3"]
+
+    assert main([*base, "promote", name, "2", "--reason", "reviewed by hand: better on the new slice"]) == 0
+    assert str(client.get_model_version_by_alias(name, "champion").version) == "2"
+    tags = client.get_model_version(name, "2").tags
+    assert tags["bertops.manual_promotion_reason"] == "reviewed by hand: better on the new slice"
+    assert tags["bertops.manual_promotion_by"]
+
+    assert main([*base, "rollback", name]) == 0
+    assert str(client.get_model_version_by_alias(name, "champion").version) == "3"
+    assert main([*base, "rollback", name]) == 0
+    assert str(client.get_model_version_by_alias(name, "champion").version) == "1"
+    capsys.readouterr()
+    assert main([*base, "rollback", name]) == 2
+    assert "no earlier champion" in capsys.readouterr().err
+    assert main([*base, "promote", name, "99", "--reason", "x"]) == 2
+    assert "no version 99" in capsys.readouterr().err
+
+    assert main([*base, "lineage", name, "1"]) == 0
+    out = capsys.readouterr().out
+    assert f"bertops.run_id\t{summary['run_id']}" in out
+    client.set_model_version_tag(name, "1", "bertops.data_raw_md5", "abc123")  # as dvc.lock would record it
+    assert main([*base, "lineage", "--data", "abc123"]) == 0
+    assert capsys.readouterr().out.strip().splitlines() == [f"{name}\t1"]

@@ -9,16 +9,15 @@ from dataclasses import asdict, dataclass
 
 import mlflow
 from mlflow import MlflowClient
-from mlflow.exceptions import MlflowException
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
 
 from bertops import lineage, tracking
 from bertops.config import Params, params_hash
 from bertops.errors import BertopsError
 from bertops.layout import Layout
+from bertops.registry import CHALLENGER, CHAMPION, current_champion, move_champion
 
 log = logging.getLogger(__name__)
-CHAMPION, CHALLENGER = "champion", "challenger"
 
 
 @dataclass(frozen=True)
@@ -51,15 +50,6 @@ def decide(*, metric: str, value: float, test_split: str, min_delta: float, cham
                               f"{champion_value:.4f} by {delta:+.4f} (min_delta {min_delta})", **base)
     return Decision(False, f"test {metric} {value:.4f} vs champion v{champion.version}'s {champion_value:.4f}: "
                            f"delta {delta:+.4f} does not reach min_delta {min_delta} (and must be > 0)", **base)
-
-
-def current_champion(client: MlflowClient, name: str):
-    try:
-        return client.get_model_version_by_alias(name, CHAMPION)
-    except MlflowException as exc:
-        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
-            return None
-        raise
 
 
 def lineage_tags(params: Params, layout: Layout, run_id: str, metrics: dict) -> dict[str, str]:
@@ -120,7 +110,7 @@ def register(params: Params, layout: Layout) -> dict:
                       champion=champion)
     version = mlflow.register_model(info.model_uri, name, tags=tags).version
     if decision.promote:
-        client.set_registered_model_alias(name, CHAMPION, version)
+        move_champion(client, name, version)
         if champion is not None:
             client.set_model_version_tag(name, champion.version, "bertops.replaced_by", str(version))
     else:
