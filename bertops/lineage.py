@@ -21,7 +21,10 @@ def _git(root: Path, *args: str) -> str | None:
 
 def git_state(root: Path) -> dict[str, str]:
     commit = _git(root, "rev-parse", "HEAD")
-    status = _git(root, "status", "--porcelain", "--untracked-files=no")
+    # dvc.lock and the cache: false outputs under reports/ change during every `dvc repro` before register
+    # runs; they are results, not inputs, so they do not make the tree "dirty"
+    status = _git(root, "status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)dvc.lock",
+                  ":(exclude)reports")
     return {"git_commit": commit or "unknown", "git_dirty": "unknown" if status is None else str(bool(status)).lower()}
 
 
