@@ -262,3 +262,19 @@ def test_manual_promotion_rollback_and_lineage_lookup(trained, capsys):
     client.set_model_version_tag(name, "1", "bertops.data_raw_md5", "abc123")  # as dvc.lock would record it
     assert main([*base, "lineage", "--data", "abc123"]) == 0
     assert capsys.readouterr().out.strip().splitlines() == [f"{name}\t1"]
+
+
+def test_same_seed_same_model_whatever_the_global_rng(tiny_project):
+    import torch
+    from safetensors.torch import load_file
+
+    params, layout = load_params(tiny_project / "params.yaml"), Layout(tiny_project)
+    import_corpus(params, layout)
+    prepare(params, layout)
+    weights = []
+    for disturbance in (1, 2):
+        torch.manual_seed(disturbance)  # whatever ran before in the process must not matter
+        train(params, layout)
+        weights.append(load_file(str(layout.model_dir / "model.safetensors")))
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])

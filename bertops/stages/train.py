@@ -68,6 +68,8 @@ def _write_history(client: MlflowClient, run_id: str, layout: Layout) -> None:
 
 def train(params: Params, layout: Layout) -> dict:
     hp = params.train
+    # before the model is built: the new head's initial weights come from this seed too
+    L.seed_everything(hp.seed, workers=True, verbose=False)
     labels = json.loads(layout.labels_file.read_text())
     tokenizer = load_tokenizer(params.model.name_or_path, params.model.revision)
     model, new_params = load_classifier(params.model.name_or_path, labels, params.model.revision)
@@ -92,7 +94,6 @@ def train(params: Params, layout: Layout) -> dict:
         client.log_param(run_id, "model.resolved_path", resolve_model_path(params.model.name_or_path))
         state_file.write_text(json.dumps({"run_id": run_id}))
 
-    L.seed_everything(hp.seed, workers=True, verbose=False)
     data = ClassificationData(
         {name: layout.split(name) for name in ("train", "val")}, tokenizer, labels,
         max_length=params.model.max_length, batch_size=hp.batch_size, eval_batch_size=hp.eval_batch_size,
