@@ -40,21 +40,22 @@ def test_pair_encoding_has_segments_and_trims_the_longer_side(tiny_model_dir):
     assert split.features[0]["labels"] == 0 and split.features[1]["labels"] == 1
 
 
-def agreement_pairs(n: int, seed: int = 0) -> list[dict]:
-    """label = whether both sentences carry the same polarity: only learnable by reading both segments."""
+def distractor_pairs(n: int, seed: int = 0) -> list[dict]:
+    """The label is the polarity of the second sentence; the first carries a sentiment word of random polarity.
+    A model that does not tell the segments apart sees two sentiment words and cannot beat ~0.75."""
     rng = random.Random(seed)
     rows = []
     for i in range(n):
         pol_a, pol_b = rng.random() < 0.5, rng.random() < 0.5
         a = " ".join(rng.sample(FILLER, 3) + [rng.choice(POSITIVE if pol_a else NEGATIVE)])
         b = " ".join([rng.choice(POSITIVE if pol_b else NEGATIVE)] + rng.sample(FILLER, 3))
-        rows.append({"premise": f"{a} {i}", "hypothesis": b, "label": "agree" if pol_a == pol_b else "disagree"})
+        rows.append({"premise": f"{a} {i}", "hypothesis": b, "label": "positive" if pol_b else "negative"})
     return rows
 
 
 @pytest.mark.timeout(600)
 def test_pair_model_trains_registers_and_predicts(tmp_path, tiny_model_dir, capsys):
-    (tmp_path / "pairs.jsonl").write_text("\n".join(json.dumps(r) for r in agreement_pairs(600)) + "\n")
+    (tmp_path / "pairs.jsonl").write_text("\n".join(json.dumps(r) for r in distractor_pairs(600)) + "\n")
     raw = tiny_params(tiny_model_dir, corpus__source="pairs.jsonl", corpus__text_column="premise",
                       corpus__text_pair_column="hypothesis", corpus__label_column="label",
                       registry__model_name="tiny-pairs")
@@ -65,24 +66,24 @@ def test_pair_model_trains_registers_and_predicts(tmp_path, tiny_model_dir, caps
     prepare(params, layout)
     train(params, layout)
     metrics = evaluate(params, layout)
-    assert metrics["accuracy"] >= 0.85, metrics  # one segment alone gives 0.5
+    assert metrics["accuracy"] >= 0.9, metrics  # ignoring which segment a word is in caps it near 0.75
     assert register(params, layout)["decision"] == "champion"
 
     tracking.configure(params, layout)
     model = mlflow.pyfunc.load_model("models:/tiny-pairs@champion")
-    out = model.predict([{"text": "the movie was great", "text_pair": "brilliant and charming"},
+    out = model.predict([{"text": "the movie was awful", "text_pair": "brilliant and charming"},
                          {"text": "the movie was great", "text_pair": "awful and dull"}])
-    assert list(out["label"]) == ["agree", "disagree"]
+    assert list(out["label"]) == ["positive", "negative"]
 
     from bertops.cli import main
 
     capsys.readouterr()  # drop what training printed
     code = main(["--root", str(tmp_path), "--params", str(tmp_path / "params.yaml"), "predict", "--pairs", "--json",
-                 "the movie was great\tbrilliant and charming", "the film was dull\tsuperb and moving"])
+                 "the movie was dull\tbrilliant and charming", "the film was superb\tboring and bland"])
     assert code == 0
     out = capsys.readouterr().out
     rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
-    assert [r["label"] for r in rows] == ["agree", "disagree"], out
+    assert [r["label"] for r in rows] == ["positive", "negative"], out
     assert main(["--root", str(tmp_path), "--params", str(tmp_path / "params.yaml"), "predict", "--pairs",
                  "no tab here"]) == 2
     assert "has no TAB" in capsys.readouterr().err
