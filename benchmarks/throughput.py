@@ -1,5 +1,5 @@
 """Training throughput on one GPU, side by side: bertops's own Lightning path (SequenceClassifier +
-ClassificationData's loader + Trainer, as the train stage builds them), Hugging Face Trainer with bf16, and a
+FineTuneData's loader + Trainer, as the train stage builds them), Hugging Face Trainer with bf16, and a
 plain PyTorch loop. Random-init weights, fixed-length synthetic batches.
 
     python benchmarks/throughput.py --out benchmarks/results/<gpu>-<date>.json \
@@ -51,12 +51,8 @@ def run_bertops(model, feats, batch_size, warmup, steps) -> float:
     import lightning as L
 
     from bertops.config import TrainParams
-    from bertops.training.data import ClassificationData, EncodedSplit
+    from bertops.training.data import FineTuneData, EncodedSplit
     from bertops.training.module import SequenceClassifier, auto_precision
-
-    class Synthetic(EncodedSplit):
-        def __init__(self, features):
-            self.features, self.lengths = features, [len(f["input_ids"]) for f in features]
 
     class Tok:  # fixed-length data never pads; DataCollatorWithPadding only needs pad()
         padding_side, pad_token_id, model_input_names = "right", 0, ["input_ids", "token_type_ids", "attention_mask"]
@@ -65,9 +61,9 @@ def run_bertops(model, feats, batch_size, warmup, steps) -> float:
             return {k: torch.tensor([f[k] for f in features]) for k in features[0]}
 
     hp = TrainParams(epochs=1, batch_size=batch_size, lr=1e-4, early_stopping_patience=None)
-    data = ClassificationData({}, Tok(), ["0", "1"], max_length=len(feats[0]["input_ids"]), batch_size=batch_size,
-                              eval_batch_size=batch_size, length_grouping=True, num_workers=4, seed=0)
-    data.splits["train"] = Synthetic(feats)
+    data = FineTuneData({}, Tok(), ["0", "1"], max_length=len(feats[0]["input_ids"]), batch_size=batch_size,
+                        eval_batch_size=batch_size, length_grouping=True, num_workers=4, seed=0)
+    data.splits["train"] = EncodedSplit(feats)
     module = SequenceClassifier(model, {"classifier.weight", "classifier.bias"}, hp)
     marks = {}
 

@@ -1,4 +1,4 @@
-"""Run bertops's own Lightning training path (SequenceClassifier + ClassificationData + Trainer, the code the
+"""Run bertops's own Lightning training path (SequenceClassifier + FineTuneData + Trainer, the code the
 train stage uses) on the prepared splits, without MLflow, and report what it chose and how fast it went.
 
     python benchmarks/train_path.py --prepared data/prepared --model PATH_OR_NAME [--random-init] [--epochs 1]
@@ -19,7 +19,7 @@ import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
 from bertops.config import TrainParams
-from bertops.training.data import ClassificationData
+from bertops.training.data import FineTuneData
 from bertops.training.module import SequenceClassifier, auto_precision
 
 
@@ -57,9 +57,9 @@ def main():
             args.model, dtype=torch.float32, output_loading_info=True, **kwargs)
         new = set(info["missing_keys"])
     hp = TrainParams(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, early_stopping_patience=None)
-    data = ClassificationData({s: args.prepared / f"{s}.jsonl" for s in ("train", "val")}, tokenizer, labels,
-                              max_length=128, batch_size=hp.batch_size, eval_batch_size=hp.eval_batch_size,
-                              length_grouping=True, num_workers=2, seed=0)
+    data = FineTuneData({s: args.prepared / f"{s}.jsonl" for s in ("train", "val")}, tokenizer, labels,
+                        max_length=128, batch_size=hp.batch_size, eval_batch_size=hp.eval_batch_size,
+                        length_grouping=True, num_workers=2, seed=0)
     module = SequenceClassifier(model, new, hp)
     timer = Throughput()
     trainer = L.Trainer(max_epochs=hp.epochs, precision=auto_precision("auto"), logger=False, callbacks=[timer],

@@ -31,40 +31,6 @@ def run_stage(name: str, params_path: Path, root: Path):
     return getattr(importlib.import_module(module), function)(params, Layout(root.resolve()))
 
 
-def predict(model_uri: str | None, texts: list[str], file: Path | None, params_path: Path, root: Path,
-            pairs: bool = False) -> list[dict]:
-    import mlflow
-
-    from bertops import tracking
-    from bertops.config import load_params
-    from bertops.layout import Layout
-
-    params = load_params(params_path)
-    tracking.configure(params, Layout(root.resolve()))
-    if file is not None:
-        if not file.is_file():
-            raise BertopsError(f"{file}: file not found")
-        texts = texts + [line.strip() for line in file.read_text().splitlines() if line.strip()]
-    if not texts:
-        raise BertopsError("predict: give text(s) as arguments or --file with one text per line")
-    model_uri = model_uri or f"models:/{params.registry.model_name}@champion"
-    try:
-        classifier = mlflow.transformers.load_model(model_uri)
-    except mlflow.exceptions.MlflowException as exc:
-        raise BertopsError(f"cannot load {model_uri}: {exc.message}") from None
-    inputs = texts
-    if pairs:  # sentence pairs: "first<TAB>second"
-        inputs = []
-        for i, text in enumerate(texts, start=1):
-            first, sep, second = text.partition("\t")
-            if not sep:
-                raise BertopsError(f"predict --pairs: input {i} has no TAB between the two texts: {text!r}")
-            inputs.append({"text": first, "text_pair": second})
-    outputs = classifier(inputs, batch_size=64, truncation=True)
-    return [{"text": t, "label": o["label"], "probability": round(float(o["score"]), 4)}
-            for t, o in zip(texts, outputs)]
-
-
 def registry_command(args) -> None:
     from mlflow import MlflowClient
 
@@ -96,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     stage = sub.add_parser("stage", help="run one pipeline stage (dvc.yaml calls these)")
     stage.add_argument("name", choices=list(STAGE_FUNCTIONS))
-    pred = sub.add_parser("predict", help="label and probability for each input text")
+    pred = sub.add_parser("predict", help="label and probability (or the entities) for each input text")
     pred.add_argument("texts", nargs="*", help="texts to classify")
     pred.add_argument("--file", type=Path, help="a file with one text per line")
     pred.add_argument("--model-uri", help="registry reference (default models:/<registry.model_name>@champion)")
@@ -126,8 +92,10 @@ def main(argv: list[str] | None = None) -> int:
             if isinstance(result, dict):
                 print(json.dumps(result, indent=1, default=str))
         elif args.command == "predict":
+            from bertops.predict import format_row, predict
+
             for row in predict(args.model_uri, args.texts, args.file, args.params, args.root, args.pairs):
-                print(json.dumps(row) if args.json else f"{row['label']}\t{row['probability']:.4f}\t{row['text']}")
+                print(json.dumps(row, ensure_ascii=False) if args.json else format_row(row))
         elif args.command in ("promote", "rollback", "lineage"):
             registry_command(args)
         elif args.command == "check-params":

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -28,11 +28,14 @@ class CorpusParams(_Section):
     source: str = Field(
         description="a packaged-corpus manifest (data/sources/*.yaml) or your own .csv/.tsv/.jsonl file"
     )
-    format: Literal["auto", "csv", "tsv", "jsonl"] = Field("auto", description="file format; auto = by suffix")
+    format: Literal["auto", "csv", "tsv", "jsonl", "conll"] = Field(
+        "auto", description="file format; auto = by suffix (.conll/.bio/.iob = conll: token<TAB>tag lines)")
     encoding: str = Field("utf-8", description="text encoding of a user file")
     text_column: str = Field("text", min_length=1)
     text_pair_column: str | None = Field(None, description="second text of a sentence pair, or null")
     label_column: str = Field("label", min_length=1)
+    tokens_column: str = Field("tokens", min_length=1, description="token classification, JSONL: list of words")
+    tags_column: str = Field("tags", min_length=1, description="token classification, JSONL: list of tags")
     labels: list[str] | None = Field(
         None, min_length=2, description="the allowed labels in order; null = every label the corpus has"
     )
@@ -46,8 +49,8 @@ class ModelParams(_Section):
 
 
 class SequenceClassificationTask(_Section):
-    # Other task families (token_classification, question_answering, masked_lm) become further members of a
-    # union discriminated on `type`; the rest of params.yaml does not change shape.
+    """One label per text (or per text pair) from the [CLS]/pooler output."""
+
     type: Literal["sequence_classification"] = "sequence_classification"
     metric: Literal["accuracy", "macro_f1"] = Field(
         "accuracy", description="selects the best epoch, stops early and gates promotion"
@@ -56,6 +59,26 @@ class SequenceClassificationTask(_Section):
     @property
     def pipeline_task(self) -> str:
         return "text-classification"
+
+
+class TokenClassificationTask(_Section):
+    """One tag per word (NER): labels on each word's first sub-token, entity-level metrics."""
+
+    type: Literal["token_classification"]
+    metric: Literal["f1"] = Field("f1", description="entity-level F1 (seqeval, strict span matching)")
+    tag_scheme: Literal["BIO", "BIOES"] = Field("BIO", description="how tags mark entity spans")
+    unk_warn_ratio: float = Field(
+        0.01, ge=0, le=1, description="prepare warns when more than this share of words contain [UNK] pieces")
+    add_unknown_tokens: bool = Field(
+        False, description="add words the tokenizer maps to [UNK] to the vocabulary and resize the embeddings")
+
+    @property
+    def pipeline_task(self) -> str:
+        return "token-classification"
+
+
+TASK_TYPES = ("sequence_classification", "token_classification")
+TaskParams = Annotated[SequenceClassificationTask | TokenClassificationTask, Field(discriminator="type")]
 
 
 class TrainParams(_Section):
@@ -108,14 +131,24 @@ class TrackingParams(_Section):
 class Params(_Section):
     corpus: CorpusParams
     model: ModelParams
-    task: SequenceClassificationTask = SequenceClassificationTask()
+    task: TaskParams = SequenceClassificationTask()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_task_type(cls, raw):
+        if isinstance(raw, dict) and isinstance(raw.get("task"), dict) and "type" not in raw["task"]:
+            raw = {**raw, "task": {"type": "sequence_classification", **raw["task"]}}
+        return raw
     train: TrainParams = TrainParams()
     registry: RegistryParams
     tracking: TrackingParams = TrackingParams()
 
 
 def _describe(error: dict) -> str:
-    field = ".".join(str(p) for p in error["loc"]) or "(top level)"
+    loc = list(error["loc"])
+    if len(loc) > 1 and loc[0] == "task" and loc[1] in TASK_TYPES:
+        del loc[1]  # pydantic names the union member; the user wrote task.<field>
+    field = ".".join(str(p) for p in loc) or "(top level)"
     msg = error["msg"]
     if error["type"] == "extra_forbidden":
         msg = "unknown key"

@@ -22,3 +22,29 @@ def predict_proba(model, tokenizer, texts: list[str], pairs: list[str] | None = 
             logits = model(**batch).logits
         probs[idx] = torch.softmax(logits.float(), dim=-1).cpu().numpy()
     return probs
+
+
+@torch.inference_mode()
+def predict_word_tags(model, tokenizer, sentences: list[list[str]], *, max_length: int,
+                      batch_size: int = 128) -> list[list[str]]:
+    """Token classification: one tag per word, read at the word's first sub-token. Words past `max_length`
+    (cut off by truncation) get "O", so every word of the input has a prediction."""
+    device = next(model.parameters()).device
+    model.eval()
+    id2label = {int(i): label for i, label in model.config.id2label.items()}
+    enc = tokenizer(sentences, is_split_into_words=True, truncation=True, max_length=max_length)
+    order = sorted(range(len(sentences)), key=lambda i: len(enc["input_ids"][i]))
+    tags: list[list[str]] = [["O"] * len(words) for words in sentences]
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        batch = tokenizer.pad([{k: enc[k][i] for k in enc.keys()} for i in idx], return_tensors="pt")
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            predicted = model(**batch).logits.argmax(-1).cpu().tolist()
+        for row, i in zip(predicted, idx):
+            previous = None
+            for position, word in enumerate(enc.word_ids(i)):
+                if word is not None and word != previous:
+                    tags[i][word] = id2label[row[position]]
+                previous = word
+    return tags

@@ -32,6 +32,11 @@ class Layout:
         return self.prepared_dir / "labels.json"
 
     @property
+    def vocab_coverage_file(self) -> Path:
+        """Token classification: words and characters the tokenizer maps to [UNK] (written by prepare)."""
+        return self.prepared_dir / "vocab_coverage.json"
+
+    @property
     def model_dir(self) -> Path:
         return self.root / "models" / "best"
 

@@ -6,7 +6,7 @@ import importlib.util
 import logging
 
 import torch
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification, AutoTokenizer
 
 from bertops.errors import BertopsError
 
@@ -32,12 +32,20 @@ def load_tokenizer(name_or_path: str, revision: str | None = None):
         raise BertopsError(f"model.name_or_path: cannot load a tokenizer from {name_or_path!r}: {exc}") from None
 
 
-def load_classifier(name_or_path: str, labels: list[str], revision: str | None = None):
-    """A sequence classifier with a fresh head on the [CLS]/pooler output; returns (model, new_param_names)."""
+# task type -> the transformers class that puts the task's head on the encoder
+AUTO_MODELS = {
+    "sequence_classification": AutoModelForSequenceClassification,  # head on the [CLS]/pooler output
+    "token_classification": AutoModelForTokenClassification,  # head on every token's last hidden state
+}
+
+
+def load_classifier(name_or_path: str, labels: list[str], revision: str | None = None,
+                    task_type: str = "sequence_classification"):
+    """The encoder with a fresh head for the task; returns (model, new_param_names)."""
     path = resolve_model_path(name_or_path)
     try:
         # float32 master weights: a half-precision checkpoint would otherwise train in half precision
-        model, info = AutoModelForSequenceClassification.from_pretrained(
+        model, info = AUTO_MODELS[task_type].from_pretrained(
             path, revision=revision, num_labels=len(labels), dtype=torch.float32, output_loading_info=True,
             id2label=dict(enumerate(labels)), label2id={label: i for i, label in enumerate(labels)})
     except (OSError, ValueError) as exc:
@@ -45,3 +53,12 @@ def load_classifier(name_or_path: str, labels: list[str], revision: str | None =
     new_params = set(info.get("missing_keys", []))
     log.info("loaded %s; newly initialised: %s", name_or_path, sorted(new_params))
     return model, new_params
+
+
+def add_tokens(model, tokenizer, tokens: list[str]) -> int:
+    """Add tokens the vocabulary lacks (e.g. characters it maps to [UNK]) and grow the embeddings to match."""
+    added = tokenizer.add_tokens(tokens)
+    if added:
+        model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=8)
+        log.info("added %d tokens to the vocabulary: %s", added, "".join(tokens[:50]))
+    return added

@@ -81,11 +81,22 @@ def decision_markdown(states: dict[str, str], registration: dict | None, metrics
              f"| champion before | {champion.split(':')[0]} | {champion.split(': ')[-1]} |\n\n"
              f"Reason: {reg['reason']}\n\nModel: `models:/{reg['model_name']}/{reg['version']}`\n")
     if metrics:
-        per_class = "\n".join(f"| {label} | {s['precision']:.3f} | {s['recall']:.3f} | {s['f1']:.3f} | "
-                              f"{s['support']} |" for label, s in metrics["per_class"].items())
-        text += (f"\n### Test metrics\naccuracy {metrics['accuracy']:.4f}, macro F1 {metrics['macro_f1']:.4f}\n\n"
-                 f"| class | precision | recall | F1 | support |\n| --- | --- | --- | --- | --- |\n{per_class}\n")
+        text += "\n### Test metrics\n" + metrics_markdown(metrics)
     return text
+
+
+def metrics_markdown(metrics: dict) -> str:
+    """The headline numbers and a per-class (or, for token classification, per-entity-type) table."""
+    if "per_type" in metrics:
+        kind, table = "entity type", metrics["per_type"]
+        head = (f"entity F1 {metrics['f1']:.4f} (precision {metrics['precision']:.4f}, recall "
+                f"{metrics['recall']:.4f}, {metrics['entities']} entities)")
+    else:
+        kind, table = "class", metrics["per_class"]
+        head = f"accuracy {metrics['accuracy']:.4f}, macro F1 {metrics['macro_f1']:.4f}"
+    rows = "\n".join(f"| {label} | {s['precision']:.3f} | {s['recall']:.3f} | {s['f1']:.3f} | {s['support']} |"
+                     for label, s in table.items())
+    return f"{head}\n\n| {kind} | precision | recall | F1 | support |\n| --- | --- | --- | --- | --- |\n{rows}\n"
 
 
 @flow(name="bertops-retrain", log_prints=True)

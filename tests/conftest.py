@@ -46,13 +46,11 @@ def synthetic_reviews(n: int, seed: int = 0) -> list[tuple[str, str]]:
     return rows
 
 
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory) -> Path:
+def write_tiny_bert(path: Path, words: list[str]) -> Path:
     """A 2-layer, hidden-32 random-init BertModel (encoder only, like the packaged MiniLM) + WordPiece vocab."""
     from transformers import BertConfig, BertModel, BertTokenizer
 
-    path = tmp_path_factory.mktemp("tiny-bert")
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *POSITIVE, *NEGATIVE, *FILLER, *map(str, range(10)),
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words, *map(str, range(10)),
              *[f"##{d}" for d in range(10)]]
     (path / "vocab.txt").write_text("\n".join(vocab) + "\n")
     tokenizer = BertTokenizer(vocab={token: i for i, token in enumerate(vocab)}, do_lower_case=True)
@@ -65,6 +63,11 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     BertModel(config).save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    return write_tiny_bert(tmp_path_factory.mktemp("tiny-bert"), [*POSITIVE, *NEGATIVE, *FILLER])
 
 
 def tiny_params(model_path: Path, **overrides) -> dict:

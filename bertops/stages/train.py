@@ -19,10 +19,10 @@ from bertops import tracking
 from bertops.config import Params, flat_params, params_hash
 from bertops.errors import BertopsError
 from bertops.layout import Layout
-from bertops.modeling import load_classifier, load_tokenizer, resolve_model_path
-from bertops.training.data import ClassificationData
+from bertops.modeling import add_tokens, load_classifier, load_tokenizer, resolve_model_path
+from bertops.training.data import FineTuneData
 from bertops.training.mlflow_logging import MlflowMetricsLogger
-from bertops.training.module import SequenceClassifier, auto_precision
+from bertops.training.module import SequenceClassifier, TokenClassifier, auto_precision
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ def _readable_checkpoint(path) -> bool:
         return False
 
 
-def _write_history(client: MlflowClient, run_id: str, layout: Layout) -> None:
+def _write_history(client: MlflowClient, run_id: str, layout: Layout, val_keys: tuple[str, ...]) -> None:
     """Learning curves for DVC plots, read back from MLflow (so a resumed run's curve is complete)."""
     plots = layout.reports_dir / "plots"
     plots.mkdir(parents=True, exist_ok=True)
@@ -57,7 +57,7 @@ def _write_history(client: MlflowClient, run_id: str, layout: Layout) -> None:
         for m in sorted(client.get_metric_history(run_id, "train_loss"), key=lambda m: m.step):
             writer.writerow([m.step, f"{m.value:.6f}"])
     val = {key: {m.step: m.value for m in client.get_metric_history(run_id, key)}
-           for key in ("val_loss", "val_accuracy", "val_macro_f1")}
+           for key in val_keys}
     steps = sorted(set().union(*[set(v) for v in val.values()]))
     with (plots / "val_metrics.csv").open("w", newline="") as fh:
         writer = csv.writer(fh)
@@ -72,7 +72,11 @@ def train(params: Params, layout: Layout) -> dict:
     L.seed_everything(hp.seed, workers=True, verbose=False)
     labels = json.loads(layout.labels_file.read_text())
     tokenizer = load_tokenizer(params.model.name_or_path, params.model.revision)
-    model, new_params = load_classifier(params.model.name_or_path, labels, params.model.revision)
+    model, new_params = load_classifier(params.model.name_or_path, labels, params.model.revision, params.task.type)
+    token_level = params.task.type == "token_classification"
+    if token_level and params.task.add_unknown_tokens:
+        uncovered = json.loads(layout.vocab_coverage_file.read_text())["uncovered_characters"]
+        add_tokens(model, tokenizer, list(uncovered))  # new rows start at the mean embedding, train at train.lr
 
     experiment_id = tracking.configure(params, layout)
     client = MlflowClient()
@@ -94,12 +98,13 @@ def train(params: Params, layout: Layout) -> dict:
         client.log_param(run_id, "model.resolved_path", resolve_model_path(params.model.name_or_path))
         state_file.write_text(json.dumps({"run_id": run_id}))
 
-    data = ClassificationData(
+    data = FineTuneData(
         {name: layout.split(name) for name in ("train", "val")}, tokenizer, labels,
         max_length=params.model.max_length, batch_size=hp.batch_size, eval_batch_size=hp.eval_batch_size,
         length_grouping=hp.length_grouping, num_workers=hp.num_workers, seed=hp.seed,
-        max_train_examples=hp.max_train_examples)
-    module = SequenceClassifier(model, new_params, hp)
+        max_train_examples=hp.max_train_examples, token_level=token_level)
+    module = (TokenClassifier(model, new_params, hp, params.task.tag_scheme) if token_level
+              else SequenceClassifier(model, new_params, hp))
     monitor = f"val_{params.task.metric}"
     checkpoint = ModelCheckpoint(dirpath=work / "ckpt", filename="best", monitor=monitor, mode="max", save_top_k=1,
                                  save_last=True, enable_version_counter=False)
@@ -145,7 +150,7 @@ def train(params: Params, layout: Layout) -> dict:
         for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)])
     client.set_tag(run_id, "bertops.precision", precision)
     client.set_terminated(run_id, "FINISHED")
-    _write_history(client, run_id, layout)
+    _write_history(client, run_id, layout, module.VAL_METRICS)
     tracking.write_train_run(layout, run_id, experiment_id)
     shutil.rmtree(work, ignore_errors=True)
     log.info("training done: %s", summary)

@@ -9,7 +9,7 @@ from pathlib import Path
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
-from transformers import DataCollatorWithPadding
+from transformers import DataCollatorForTokenClassification, DataCollatorWithPadding
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
 
@@ -18,18 +18,49 @@ def read_split(path: Path) -> list[dict]:
         return [json.loads(line) for line in fh if line.strip()]
 
 
+IGNORE_INDEX = -100  # positions the loss skips (special tokens, a word's later sub-tokens, padding)
+
+
+def encode_sequences(rows: list[dict], tokenizer, labels: list[str], max_length: int) -> list[dict]:
+    """Sequence (or sentence-pair) classification: one label per row."""
+    label_ids = {label: i for i, label in enumerate(labels)}
+    texts = [row["text"] for row in rows]
+    pairs = [row["text_pair"] for row in rows] if rows and "text_pair" in rows[0] else None
+    # "longest_first" trims the longer side of a pair first
+    enc = tokenizer(texts, pairs, truncation="longest_first", max_length=max_length)
+    features = [{k: enc[k][i] for k in enc.keys()} for i in range(len(rows))]
+    for feature, row in zip(features, rows):
+        feature["labels"] = label_ids[row["label"]]
+    return features
+
+
+def encode_words(rows: list[dict], tokenizer, labels: list[str], max_length: int) -> list[dict]:
+    """Token classification: each word's tag on its first sub-token, IGNORE_INDEX on the rest.
+    Words cut off by truncation get no label (evaluation maps predictions back to all words)."""
+    label_ids = {label: i for i, label in enumerate(labels)}
+    enc = tokenizer([list(row["tokens"]) for row in rows], is_split_into_words=True, truncation=True,
+                    max_length=max_length)
+    features = []
+    for i, row in enumerate(rows):
+        feature = {k: enc[k][i] for k in enc.keys()}
+        feature["labels"] = first_subtoken_labels(enc.word_ids(i), [label_ids[t] for t in row["tags"]])
+        features.append(feature)
+    return features
+
+
+def first_subtoken_labels(word_ids: list[int | None], word_labels: list[int]) -> list[int]:
+    out, previous = [], None
+    for word in word_ids:
+        out.append(word_labels[word] if word is not None and word != previous else IGNORE_INDEX)
+        previous = word
+    return out
+
+
 class EncodedSplit(Dataset):
     """A split tokenized once up front (no per-step tokenization, no padding until the batch is formed)."""
 
-    def __init__(self, rows: list[dict], tokenizer, labels: list[str], max_length: int):
-        label_ids = {label: i for i, label in enumerate(labels)}
-        texts = [row["text"] for row in rows]
-        pairs = [row["text_pair"] for row in rows] if rows and "text_pair" in rows[0] else None
-        # "longest_first" trims the longer side of a pair first
-        enc = tokenizer(texts, pairs, truncation="longest_first", max_length=max_length)
-        self.features = [{k: enc[k][i] for k in enc.keys()} for i in range(len(rows))]
-        for feature, row in zip(self.features, rows):
-            feature["labels"] = label_ids[row["label"]]
+    def __init__(self, features: list[dict]):
+        self.features = features
         self.lengths = [len(f["input_ids"]) for f in self.features]
 
     def __len__(self):
@@ -42,16 +73,20 @@ class EncodedSplit(Dataset):
         return sum(self.lengths)
 
 
-class ClassificationData(L.LightningDataModule):
+class FineTuneData(L.LightningDataModule):
+    """Splits encoded once by `encode` (encode_sequences / encode_words), batched by `collate`."""
+
     def __init__(self, split_paths: dict[str, Path], tokenizer, labels: list[str], *, max_length: int,
                  batch_size: int, eval_batch_size: int, length_grouping: bool, num_workers: int, seed: int,
-                 max_train_examples: int | None = None):
+                 max_train_examples: int | None = None, token_level: bool = False):
         super().__init__()
+        self.encode = encode_words if token_level else encode_sequences
         self.split_paths, self.tokenizer, self.labels = split_paths, tokenizer, labels
         self.max_length, self.batch_size, self.eval_batch_size = max_length, batch_size, eval_batch_size
         self.length_grouping, self.num_workers, self.seed = length_grouping, num_workers, seed
         self.max_train_examples = max_train_examples
-        self.collate = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8)
+        collator = DataCollatorForTokenClassification if token_level else DataCollatorWithPadding
+        self.collate = collator(tokenizer, pad_to_multiple_of=8)
         self.splits: dict[str, EncodedSplit] = {}
 
     def setup(self, stage: str | None = None):
@@ -62,7 +97,7 @@ class ClassificationData(L.LightningDataModule):
             if name == "train" and self.max_train_examples and self.max_train_examples < len(rows):
                 # a random subset: split files keep the corpus order, which is often grouped by label
                 rows = random.Random(self.seed).sample(rows, self.max_train_examples)
-            self.splits[name] = EncodedSplit(rows, self.tokenizer, self.labels, self.max_length)
+            self.splits[name] = EncodedSplit(self.encode(rows, self.tokenizer, self.labels, self.max_length))
 
     def _loader(self, name: str, batch_size: int, train: bool) -> DataLoader:
         split = self.splits[name]

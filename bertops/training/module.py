@@ -1,4 +1,5 @@
-"""The LightningModule for sequence (and sentence-pair) classification from [CLS]."""
+"""LightningModules: a shared fine-tuning core (loss, clipping, AdamW + schedule) with per-task validation
+metrics: sequence (and sentence-pair) classification from [CLS], token classification (entity-level F1)."""
 
 from __future__ import annotations
 
@@ -7,18 +8,19 @@ import torch
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from bertops.config import TrainParams
+from bertops.ner_metrics import entity_scores
+from bertops.training.data import IGNORE_INDEX
 from bertops.training.optim import build_optimizer, build_schedule, param_groups
 
 
-class SequenceClassifier(L.LightningModule):
+class FineTuner(L.LightningModule):
+    """The training side shared by every task: the model's own loss, clipping, optimizer and schedule."""
+
     def __init__(self, model, new_params: set[str], train_params: TrainParams):
         super().__init__()
         self.model, self.new_params, self.hp = model, new_params, train_params
         # from_pretrained returns the model in eval mode (dropout off); Lightning keeps modules' modes as found
         self.model.train()
-        num_labels = model.config.num_labels
-        self.val_accuracy = MulticlassAccuracy(num_classes=num_labels, average="micro")
-        self.val_macro_f1 = MulticlassF1Score(num_classes=num_labels, average="macro")
 
     def forward(self, batch):
         return self.model(**batch)
@@ -28,19 +30,6 @@ class SequenceClassifier(L.LightningModule):
         # kept on the device: the progress bar reads it at its refresh rate, MLflow logging in batches
         self.log("train_loss", loss, prog_bar=True, logger=False, on_step=True, on_epoch=False)
         return loss
-
-    def validation_step(self, batch, batch_idx):
-        out = self.model(**batch)
-        preds = out.logits.argmax(-1)
-        self.val_accuracy.update(preds, batch["labels"])
-        self.val_macro_f1.update(preds, batch["labels"])
-        self.log("val_loss", out.loss, on_epoch=True, batch_size=len(preds), logger=False)
-
-    def on_validation_epoch_end(self):
-        self.log("val_accuracy", self.val_accuracy.compute(), prog_bar=True, logger=False)
-        self.log("val_macro_f1", self.val_macro_f1.compute(), logger=False)
-        self.val_accuracy.reset()
-        self.val_macro_f1.reset()
 
     def on_before_optimizer_step(self, optimizer):
         # Clipping here rather than through Trainer(gradient_clip_val=...): Lightning's mixed-precision plugin
@@ -58,6 +47,59 @@ class SequenceClassifier(L.LightningModule):
         schedule = build_schedule(optimizer, total_steps=int(self.trainer.estimated_stepping_batches),
                                   warmup_ratio=hp.warmup_ratio)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+class SequenceClassifier(FineTuner):
+    VAL_METRICS = ("val_loss", "val_accuracy", "val_macro_f1")
+
+    def __init__(self, model, new_params: set[str], train_params: TrainParams):
+        super().__init__(model, new_params, train_params)
+        num_labels = model.config.num_labels
+        self.val_accuracy = MulticlassAccuracy(num_classes=num_labels, average="micro")
+        self.val_macro_f1 = MulticlassF1Score(num_classes=num_labels, average="macro")
+
+    def validation_step(self, batch, batch_idx):
+        out = self.model(**batch)
+        preds = out.logits.argmax(-1)
+        self.val_accuracy.update(preds, batch["labels"])
+        self.val_macro_f1.update(preds, batch["labels"])
+        self.log("val_loss", out.loss, on_epoch=True, batch_size=len(preds), logger=False)
+
+    def on_validation_epoch_end(self):
+        self.log("val_accuracy", self.val_accuracy.compute(), prog_bar=True, logger=False)
+        self.log("val_macro_f1", self.val_macro_f1.compute(), logger=False)
+        self.val_accuracy.reset()
+        self.val_macro_f1.reset()
+
+
+class TokenClassifier(FineTuner):
+    """Validation on entity spans: each word's tag is the prediction at its first sub-token."""
+
+    VAL_METRICS = ("val_loss", "val_f1", "val_precision", "val_recall")
+
+    def __init__(self, model, new_params: set[str], train_params: TrainParams, tag_scheme: str = "BIO"):
+        super().__init__(model, new_params, train_params)
+        self.id2label = {int(i): label for i, label in model.config.id2label.items()}
+        self.tag_scheme = tag_scheme
+        self._gold: list[list[str]] = []
+        self._pred: list[list[str]] = []
+
+    def validation_step(self, batch, batch_idx):
+        out = self.model(**batch)
+        labels = batch["labels"]
+        self.log("val_loss", out.loss, on_epoch=True, batch_size=len(labels), logger=False)
+        keep = labels != IGNORE_INDEX
+        preds, labels, keep = out.logits.argmax(-1).cpu(), labels.cpu(), keep.cpu()  # once per batch
+        for p, g, k in zip(preds, labels, keep):
+            self._gold.append([self.id2label[int(i)] for i in g[k]])
+            self._pred.append([self.id2label[int(i)] for i in p[k]])
+
+    def on_validation_epoch_end(self):
+        scores = entity_scores(self._gold, self._pred, self.tag_scheme)
+        self._gold, self._pred = [], []
+        self.log("val_f1", scores["f1"], prog_bar=True, logger=False)
+        self.log("val_precision", scores["precision"], logger=False)
+        self.log("val_recall", scores["recall"], logger=False)
 
 
 def auto_precision(precision: str) -> str:

@@ -1,0 +1,77 @@
+"""Measure candidate default training schedules over several seeds on the prepared corpus (CPU or GPU).
+
+Each (schedule, seed) trains and evaluates in its own scratch project that reuses this project's
+data/prepared/, so the test split is the one `dvc repro` uses. Prints and writes one JSON row per run.
+
+    python benchmarks/default_schedule.py --out benchmarks/results/schedule-cpu.json \
+        --schedule 'lr=3e-5,warmup_ratio=0.1' --schedule 'lr=5e-5' --seeds 0 1 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from pathlib import Path
+
+import yaml
+
+from bertops.config import parse_params
+from bertops.layout import Layout
+from bertops.stages.evaluate import evaluate
+from bertops.stages.train import train
+
+
+def parse_schedule(text: str) -> dict:
+    out = {}
+    for item in filter(None, text.split(",")):
+        key, value = item.split("=", 1)
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def run_one(project: Path, scratch: Path, overrides: dict, seed: int) -> dict:
+    raw = yaml.safe_load((project / "params.yaml").read_text())
+    raw["train"].update(overrides, seed=seed, resume=False)
+    raw["tracking"]["uri"] = f"sqlite:///{scratch / 'mlflow.db'}"
+    params = parse_params(raw)
+    if scratch.exists():
+        shutil.rmtree(scratch)
+    (scratch / "data").mkdir(parents=True)
+    shutil.copytree(project / "data" / "prepared", scratch / "data" / "prepared")
+    (scratch / "params.yaml").write_text(yaml.safe_dump(raw))
+    layout = Layout(scratch)
+    start = time.perf_counter()
+    train(params, layout)
+    fit_s = time.perf_counter() - start
+    metrics = evaluate(params, layout)
+    history = (layout.reports_dir / "plots" / "val_metrics.csv").read_text().strip().splitlines()
+    return {"schedule": overrides, "seed": seed, "test": {k: metrics[k] for k in ("accuracy", "macro_f1")},
+            "val_history": history, "fit_s": round(fit_s, 1)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--project", type=Path, default=Path("."))
+    parser.add_argument("--scratch", type=Path, default=Path("/tmp/bertops-schedule"))
+    parser.add_argument("--schedule", action="append", required=True, help="k=v,k=v overrides of train.*")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    rows = json.loads(args.out.read_text()) if args.out.exists() else []
+    done = {(json.dumps(r["schedule"], sort_keys=True), r["seed"]) for r in rows}
+    for text in args.schedule:
+        overrides = parse_schedule(text)
+        for seed in args.seeds:
+            if (json.dumps(overrides, sort_keys=True), seed) in done:
+                continue
+            row = run_one(args.project.resolve(), args.scratch / f"{len(rows)}", overrides, seed)
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(rows, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()

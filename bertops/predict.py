@@ -1,0 +1,63 @@
+"""`bertops predict`: run a registered model (the champion by default) on texts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bertops.errors import BertopsError
+
+
+def _read_inputs(texts: list[str], file: Path | None, pairs: bool) -> list:
+    if file is not None:
+        if not file.is_file():
+            raise BertopsError(f"{file}: file not found")
+        texts = texts + [line.strip() for line in file.read_text().splitlines() if line.strip()]
+    if not texts:
+        raise BertopsError("predict: give text(s) as arguments or --file with one text per line")
+    if not pairs:
+        return texts
+    inputs = []  # sentence pairs: "first<TAB>second"
+    for i, text in enumerate(texts, start=1):
+        first, sep, second = text.partition("\t")
+        if not sep:
+            raise BertopsError(f"predict --pairs: input {i} has no TAB between the two texts: {text!r}")
+        inputs.append({"text": first, "text_pair": second})
+    return inputs
+
+
+def predict(model_uri: str | None, texts: list[str], file: Path | None, params_path: Path, root: Path,
+            pairs: bool = False) -> list[dict]:
+    import mlflow
+    from transformers import TokenClassificationPipeline
+
+    from bertops import tracking
+    from bertops.config import load_params
+    from bertops.layout import Layout
+
+    params = load_params(params_path)
+    tracking.configure(params, Layout(root.resolve()))
+    inputs = _read_inputs(texts, file, pairs)
+    texts = [x if isinstance(x, str) else f"{x['text']}\t{x['text_pair']}" for x in inputs]
+    model_uri = model_uri or f"models:/{params.registry.model_name}@champion"
+    try:
+        model = mlflow.transformers.load_model(model_uri)
+    except mlflow.exceptions.MlflowException as exc:
+        raise BertopsError(f"cannot load {model_uri}: {exc.message}") from None
+    if isinstance(model, TokenClassificationPipeline):
+        if pairs:
+            raise BertopsError(f"predict --pairs: {model_uri} is a token-classification model")
+        outputs = model(inputs, batch_size=64, aggregation_strategy="first")
+        return [{"text": t, "entities": [{"type": e["entity_group"], "text": t[e["start"]:e["end"]],
+                                          "start": int(e["start"]), "end": int(e["end"]),
+                                          "probability": round(float(e["score"]), 4)} for e in entities]}
+                for t, entities in zip(texts, outputs)]
+    outputs = model(inputs, batch_size=64, truncation=True)
+    return [{"text": t, "label": o["label"], "probability": round(float(o["score"]), 4)}
+            for t, o in zip(texts, outputs)]
+
+
+def format_row(row: dict) -> str:
+    if "entities" in row:
+        found = "  ".join(f"[{e['type']}: {e['text']} {e['probability']:.2f}]" for e in row["entities"])
+        return f"{row['text']}\n    {found or '(no entities)'}"
+    return f"{row['label']}\t{row['probability']:.4f}\t{row['text']}"
