@@ -28,8 +28,9 @@ class CorpusParams(_Section):
     source: str = Field(
         description="a packaged-corpus manifest (data/sources/*.yaml) or your own .csv/.tsv/.jsonl file"
     )
-    format: Literal["auto", "csv", "tsv", "jsonl", "conll"] = Field(
-        "auto", description="file format; auto = by suffix (.conll/.bio/.iob = conll: token<TAB>tag lines)")
+    format: Literal["auto", "csv", "tsv", "jsonl", "conll", "squad"] = Field(
+        "auto", description="file format; auto = by suffix (.conll/.bio/.iob = conll: token<TAB>tag lines; "
+                            ".json = squad)")
     encoding: str = Field("utf-8", description="text encoding of a user file")
     text_column: str = Field("text", min_length=1)
     text_pair_column: str | None = Field(None, description="second text of a sentence pair, or null")
@@ -77,8 +78,25 @@ class TokenClassificationTask(_Section):
         return "token-classification"
 
 
-TASK_TYPES = ("sequence_classification", "token_classification")
-TaskParams = Annotated[SequenceClassificationTask | TokenClassificationTask, Field(discriminator="type")]
+class QuestionAnsweringTask(_Section):
+    """Extractive QA on SQuAD-format JSON: the answer's start and end tokens in the context."""
+
+    type: Literal["question_answering"]
+    metric: Literal["f1", "exact_match"] = Field("f1", description="SQuAD F1 or exact match (official normalisation)")
+    doc_stride: int = Field(128, ge=1, description="tokens of overlap between windows of a long context")
+    max_answer_length: int = Field(30, ge=1, description="longest answer span in tokens")
+    n_best: int = Field(20, ge=1, description="start and end candidates considered per window")
+    allow_no_answer: bool = Field(False, description="SQuAD 2.0: predict no answer when the null score wins")
+    null_threshold: float = Field(0.0, description="predict no answer when null score > best span + this")
+
+    @property
+    def pipeline_task(self) -> str:
+        return "question-answering"  # recorded in lineage; transformers 5 has no such pipeline (see qa/pyfunc.py)
+
+
+TASK_TYPES = ("sequence_classification", "token_classification", "question_answering")
+TaskParams = Annotated[SequenceClassificationTask | TokenClassificationTask | QuestionAnsweringTask,
+                       Field(discriminator="type")]
 
 
 class TrainParams(_Section):
@@ -132,6 +150,13 @@ class Params(_Section):
     corpus: CorpusParams
     model: ModelParams
     task: TaskParams = SequenceClassificationTask()
+
+    @model_validator(mode="after")
+    def _stride_fits(self):
+        if self.task.type == "question_answering" and self.task.doc_stride >= self.model.max_length // 2:
+            raise ValueError(f"task.doc_stride ({self.task.doc_stride}) must be less than half of "
+                             f"model.max_length ({self.model.max_length}): windows would barely advance")
+        return self
 
     @model_validator(mode="before")
     @classmethod

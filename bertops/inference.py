@@ -48,3 +48,30 @@ def predict_word_tags(model, tokenizer, sentences: list[list[str]], *, max_lengt
                     tags[i][word] = id2label[row[position]]
                 previous = word
     return tags
+
+
+@torch.inference_mode()
+def answer_questions(model, tokenizer, rows: list[dict], *, max_length: int, doc_stride: int, batch_size: int = 64,
+                     **decode) -> list[str]:
+    """Extractive QA: the best answer per {question, context} row over all its windows ("" = no answer)."""
+    from bertops.qa.windows import best_answers, encode_questions
+    from bertops.training.data import QuestionCollator
+
+    device = next(model.parameters()).device
+    model.eval()
+    features = encode_questions([{"answers": {"text": []}, **r} for r in rows], tokenizer, max_length, doc_stride)
+    collate = QuestionCollator(tokenizer)
+    order = sorted(range(len(features)), key=lambda i: len(features[i]["input_ids"]))
+    starts, ends = [None] * len(features), [None] * len(features)
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        batch = collate([features[i] for i in idx])
+        for key in ("feature_index", "start_positions", "end_positions"):
+            batch.pop(key, None)
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            out = model(**batch)
+        s, e = out.start_logits.float().cpu().numpy(), out.end_logits.float().cpu().numpy()
+        for row, i in enumerate(idx):
+            starts[i], ends[i] = s[row], e[row]
+    return best_answers(features, starts, ends, [r["context"] for r in rows], **decode)

@@ -6,7 +6,12 @@ import importlib.util
 import logging
 
 import torch
-from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification, AutoTokenizer
+from transformers import (
+    AutoModelForQuestionAnswering,
+    AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
+    AutoTokenizer,
+)
 
 from bertops.errors import BertopsError
 
@@ -36,6 +41,7 @@ def load_tokenizer(name_or_path: str, revision: str | None = None):
 AUTO_MODELS = {
     "sequence_classification": AutoModelForSequenceClassification,  # head on the [CLS]/pooler output
     "token_classification": AutoModelForTokenClassification,  # head on every token's last hidden state
+    "question_answering": AutoModelForQuestionAnswering,  # start and end logits on every token
 }
 
 
@@ -45,9 +51,10 @@ def load_classifier(name_or_path: str, labels: list[str], revision: str | None =
     path = resolve_model_path(name_or_path)
     try:
         # float32 master weights: a half-precision checkpoint would otherwise train in half precision
+        label_kwargs = {} if task_type == "question_answering" else dict(
+            num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={label: i for i, label in enumerate(labels)})
         model, info = AUTO_MODELS[task_type].from_pretrained(
-            path, revision=revision, num_labels=len(labels), dtype=torch.float32, output_loading_info=True,
-            id2label=dict(enumerate(labels)), label2id={label: i for i, label in enumerate(labels)})
+            path, revision=revision, dtype=torch.float32, output_loading_info=True, **label_kwargs)
     except (OSError, ValueError) as exc:
         raise BertopsError(f"model.name_or_path: cannot load {name_or_path!r}: {exc}") from None
     new_params = set(info.get("missing_keys", []))

@@ -20,7 +20,8 @@ def _read_inputs(texts: list[str], file: Path | None, pairs: bool) -> list:
     for i, text in enumerate(texts, start=1):
         first, sep, second = text.partition("\t")
         if not sep:
-            raise BertopsError(f"predict --pairs: input {i} has no TAB between the two texts: {text!r}")
+            raise BertopsError(f"predict: input {i} has no TAB between the two texts (a sentence pair, or "
+                               f"question<TAB>context): {text!r}")
         inputs.append({"text": first, "text_pair": second})
     return inputs
 
@@ -36,13 +37,21 @@ def predict(model_uri: str | None, texts: list[str], file: Path | None, params_p
 
     params = load_params(params_path)
     tracking.configure(params, Layout(root.resolve()))
-    inputs = _read_inputs(texts, file, pairs)
-    texts = [x if isinstance(x, str) else f"{x['text']}\t{x['text_pair']}" for x in inputs]
     model_uri = model_uri or f"models:/{params.registry.model_name}@champion"
     try:
-        model = mlflow.transformers.load_model(model_uri)
+        flavors = mlflow.models.get_model_info(model_uri).flavors
+        is_qa = "transformers" not in flavors  # extractive QA is a pyfunc model (bertops.qa.pyfunc)
+        model = mlflow.pyfunc.load_model(model_uri) if is_qa else mlflow.transformers.load_model(model_uri)
     except mlflow.exceptions.MlflowException as exc:
         raise BertopsError(f"cannot load {model_uri}: {exc.message}") from None
+    inputs = _read_inputs(texts, file, pairs or is_qa)  # QA: "question<TAB>context"
+    texts = [x if isinstance(x, str) else f"{x['text']}\t{x['text_pair']}" for x in inputs]
+    if is_qa:
+        import pandas as pd
+
+        frame = pd.DataFrame({"question": [x["text"] for x in inputs], "context": [x["text_pair"] for x in inputs]})
+        answers = model.predict(frame)["answer"].tolist()
+        return [{"question": x["text"], "answer": a} for x, a in zip(inputs, answers)]
     if isinstance(model, TokenClassificationPipeline):
         if pairs:
             raise BertopsError(f"predict --pairs: {model_uri} is a token-classification model")
@@ -57,6 +66,8 @@ def predict(model_uri: str | None, texts: list[str], file: Path | None, params_p
 
 
 def format_row(row: dict) -> str:
+    if "answer" in row:
+        return f"{row['answer'] or '(no answer)'}\t{row['question']}"
     if "entities" in row:
         found = "  ".join(f"[{e['type']}: {e['text']} {e['probability']:.2f}]" for e in row["entities"])
         return f"{row['text']}\n    {found or '(no entities)'}"

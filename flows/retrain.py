@@ -87,6 +87,9 @@ def decision_markdown(states: dict[str, str], registration: dict | None, metrics
 
 def metrics_markdown(metrics: dict) -> str:
     """The headline numbers and a per-class (or, for token classification, per-entity-type) table."""
+    if "per_type" not in metrics and "per_class" not in metrics:  # question answering
+        parts = [f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float)]
+        return ", ".join(parts) + f" ({metrics.get('questions')} questions)\n"
     if "per_type" in metrics:
         kind, table = "entity type", metrics["per_type"]
         head = (f"entity F1 {metrics['f1']:.4f} (precision {metrics['precision']:.4f}, recall "

@@ -15,13 +15,19 @@ import mlflow  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support  # noqa: E402
-from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification, AutoTokenizer  # noqa: E402,E501
+from transformers import (  # noqa: E402
+    AutoModelForQuestionAnswering,
+    AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
+    AutoTokenizer,
+)
 
 from bertops import tracking  # noqa: E402
 from bertops.config import Params  # noqa: E402
-from bertops.inference import predict_proba, predict_word_tags  # noqa: E402
+from bertops.inference import answer_questions, predict_proba, predict_word_tags  # noqa: E402
 from bertops.layout import Layout  # noqa: E402
 from bertops.ner_metrics import entity_scores, entity_spans  # noqa: E402
+from bertops.qa.metrics import question_scores, squad_scores  # noqa: E402
 from bertops.training.data import read_split  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -129,10 +135,33 @@ def _score_tokens(params: Params, layout: Layout, labels: list[str], rows: list[
     return metrics, predictions, confusion_matrix(flat_gold, flat_pred, labels=list(range(len(types)))), types
 
 
+def _score_questions(params: Params, layout: Layout, labels: list[str], rows: list[dict]):
+    task = params.task
+    model = AutoModelForQuestionAnswering.from_pretrained(layout.model_dir, dtype=torch.float32)
+    if torch.cuda.is_available():
+        model.cuda()
+    tokenizer = AutoTokenizer.from_pretrained(layout.model_dir)
+    answers = answer_questions(model, tokenizer, rows, max_length=params.model.max_length,
+                               doc_stride=task.doc_stride, batch_size=params.train.eval_batch_size,
+                               n_best=task.n_best, max_answer_length=task.max_answer_length,
+                               allow_no_answer=task.allow_no_answer, null_threshold=task.null_threshold)
+    metrics = squad_scores({r["id"]: a for r, a in zip(rows, answers)}, {r["id"]: r["answers"]["text"] for r in rows})
+    predictions = []
+    for row, answer in zip(rows, answers):
+        em, f1 = question_scores(answer, row["answers"]["text"])
+        predictions.append({"id": row["id"], "predicted": answer, "gold": row["answers"]["text"],
+                            "exact_match": em, "f1": round(f1, 5), "correct": bool(em)})
+    # answered vs abstained, against answerable vs not (SQuAD 2.0's two ways to be wrong)
+    gold_kind = [int(bool(r["answers"]["text"])) for r in rows]
+    pred_kind = [int(bool(a)) for a in answers]
+    return metrics, predictions, confusion_matrix(gold_kind, pred_kind, labels=[0, 1]), ["no answer", "answer"]
+
+
 def evaluate(params: Params, layout: Layout) -> dict:
     labels = json.loads(layout.labels_file.read_text())
     rows = read_split(layout.split("test"))
-    score = _score_tokens if params.task.type == "token_classification" else _score_sequences
+    score = {"token_classification": _score_tokens, "question_answering": _score_questions}.get(
+        params.task.type, _score_sequences)
     metrics, predictions, matrix, matrix_labels = score(params, layout, labels, rows)
     metrics["metric"] = params.task.metric
 

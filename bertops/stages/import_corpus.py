@@ -36,9 +36,12 @@ def import_corpus(params: Params, layout: Layout) -> Path:
         log.info("imported %d rows from packaged corpus %s into %s", count, source.name, target)
     else:
         # A user's own file is copied byte for byte, so that prepare's file:line errors match their file.
-        detect = detect_token_format if params.task.type == "token_classification" else detect_format
-        fmt = detect(source, params.corpus.format)
-        target = layout.raw_dir / f"corpus.{fmt}"
+        if params.task.type == "question_answering":
+            fmt, suffix = "squad", "json"
+        else:
+            detect = detect_token_format if params.task.type == "token_classification" else detect_format
+            fmt = suffix = detect(source, params.corpus.format)
+        target = layout.raw_dir / f"corpus.{suffix}"
         shutil.copyfile(source, target)
         log.info("imported %s into %s", source, target)
     return target

@@ -14,6 +14,7 @@ from bertops.corpora.readers import Example, read_examples
 from bertops.corpora.token_readers import TokenExample, read_token_examples
 from bertops.errors import CorpusError
 from bertops.layout import Layout
+from bertops.qa.squad import read_squad
 from bertops.modeling import load_tokenizer
 from bertops.vocab_coverage import vocab_coverage
 
@@ -53,6 +54,8 @@ def split_examples(examples: list[Example], val: float, test: float, seed: int, 
 def prepare(params: Params, layout: Layout) -> dict:
     if params.task.type == "token_classification":
         return prepare_tokens(params, layout)
+    if params.task.type == "question_answering":
+        return prepare_questions(params, layout)
     corpus = params.corpus
     raw = layout.raw_corpus()
     # import named the raw file corpus.<format>, so its suffix says the format
@@ -150,6 +153,36 @@ def prepare_tokens(params: Params, layout: Layout) -> dict:
                           "entities": entity_counts(part)} for name, part in splits.items()},
         "unk_word_ratio": coverage["unk_word_ratio"],
     }
+    (layout.prepared_dir / "stats.json").write_text(json.dumps(stats, indent=1) + "\n")
+    log.info("prepared %s", json.dumps(stats))
+    return stats
+
+
+def prepare_questions(params: Params, layout: Layout) -> dict:
+    """SQuAD questions, split by paragraph (questions on one context never straddle splits)."""
+    corpus = params.corpus
+    raw = layout.raw_corpus()
+    questions = read_squad(raw, corpus.encoding)
+    paragraphs = sorted({q.paragraph for q in questions})
+    if len(paragraphs) < 3:
+        raise CorpusError(raw, None, f"need at least 3 paragraphs to split by paragraph, found {len(paragraphs)}")
+    seed = corpus.split.seed
+    rest, test_p = train_test_split(paragraphs, test_size=corpus.split.test, random_state=seed)
+    train_p, val_p = train_test_split(rest, test_size=corpus.split.val / (1 - corpus.split.test), random_state=seed)
+    where = {p: name for name, part in (("train", train_p), ("val", val_p), ("test", test_p)) for p in part}
+    layout.prepared_dir.mkdir(parents=True, exist_ok=True)
+    outs = {name: layout.split(name).open("w") for name in SPLITS}
+    counts = {name: Counter() for name in SPLITS}
+    for q in questions:
+        name = where[q.paragraph]
+        outs[name].write(json.dumps(q.as_row(), ensure_ascii=False) + "\n")
+        counts[name]["has_answer" if q.answers else "no_answer"] += 1
+    for out in outs.values():
+        out.close()
+    layout.labels_file.write_text("[]\n")  # extractive QA has no label set
+    stats = {"source": raw.name, "questions": len(questions), "paragraphs": len(paragraphs),
+             "splits": {name: {"paragraphs": sum(1 for p in where.values() if p == name), **counts[name]}
+                        for name in SPLITS}}
     (layout.prepared_dir / "stats.json").write_text(json.dumps(stats, indent=1) + "\n")
     log.info("prepared %s", json.dumps(stats))
     return stats

@@ -7,10 +7,13 @@ import json
 import logging
 from dataclasses import asdict, dataclass
 
+from pathlib import Path
+
 import mlflow
 from mlflow import MlflowClient
 from transformers import AutoTokenizer, pipeline
 
+import bertops
 from bertops import lineage, tracking
 from bertops.config import Params, params_hash
 from bertops.errors import BertopsError
@@ -79,7 +82,44 @@ def _pipeline_input(row: dict):
     {text, text_pair} for a sentence pair."""
     if "tokens" in row:
         return " ".join(row["tokens"])
+    if "question" in row:
+        return {"question": row["question"], "context": row["context"]}
     return {"text": row["text"], "text_pair": row["text_pair"]} if "text_pair" in row else row["text"]
+
+
+def pipeline_config(params: Params) -> dict | None:
+    """Call arguments the registered pipeline runs with, matching how the model was trained and evaluated."""
+    task = params.task
+    if task.type == "token_classification":
+        return {"aggregation_strategy": "first"}  # whole words; each word's tag read at its first sub-token
+    return None
+
+
+def log_model(params: Params, layout: Layout):
+    """The checkpoint as an MLflow model in the active run: transformers flavor with the task's pipeline, or,
+    for extractive QA (no pipeline in transformers 5), a pyfunc model carrying bertops's decoding code."""
+    example = [_pipeline_input(json.loads(line)) for line in layout.split("test").open()][:2]
+    pins = lineage.package_versions("transformers", "torch", "tokenizers", "accelerate")
+    requirements = [f"{k}=={v.split('+')[0]}" for k, v in pins.items() if v != "not installed"]
+    if params.task.type == "question_answering":
+        import pandas as pd
+
+        from bertops.qa.pyfunc import ExtractiveQA
+
+        task = params.task
+        config = {"max_length": params.model.max_length, "doc_stride": task.doc_stride, "n_best": task.n_best,
+                  "max_answer_length": task.max_answer_length, "allow_no_answer": task.allow_no_answer,
+                  "null_threshold": task.null_threshold}
+        return mlflow.pyfunc.log_model(
+            name="model", python_model=ExtractiveQA(), artifacts={"checkpoint": str(layout.model_dir)},
+            code_paths=[str(Path(bertops.__file__).parent)], input_example=pd.DataFrame(example),
+            model_config=config, pip_requirements=requirements + ["pandas"])
+    model = AUTO_MODELS[params.task.type].from_pretrained(layout.model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(layout.model_dir)
+    classifier = pipeline(params.task.pipeline_task, model=model, tokenizer=tokenizer)
+    return mlflow.transformers.log_model(
+        classifier, name="model", task=params.task.pipeline_task, input_example=example,
+        pip_requirements=requirements, model_config=pipeline_config(params))
 
 
 def register(params: Params, layout: Layout) -> dict:
@@ -96,19 +136,8 @@ def register(params: Params, layout: Layout) -> dict:
     client = MlflowClient()
     name = params.registry.model_name
     tags = lineage_tags(params, layout, run_id, metrics)
-    model = AUTO_MODELS[params.task.type].from_pretrained(layout.model_dir)
-    tokenizer = AutoTokenizer.from_pretrained(layout.model_dir)
-    classifier = pipeline(params.task.pipeline_task, model=model, tokenizer=tokenizer)
-    # token classification: entities are whole words (each word's tag read at its first sub-token, as trained)
-    inference_config = {"aggregation_strategy": "first"} if params.task.type == "token_classification" else None
-    example = [_pipeline_input(json.loads(line)) for line in layout.split("test").open()][:2]
-    pins = lineage.package_versions("transformers", "torch", "tokenizers", "accelerate")
-    requirements = [f"{k}=={v.split('+')[0]}" for k, v in pins.items() if v != "not installed"]
-
     with mlflow.start_run(run_id=run_id):
-        info = mlflow.transformers.log_model(
-            classifier, name="model", task=params.task.pipeline_task, input_example=example,
-            pip_requirements=requirements, model_config=inference_config)
+        info = log_model(params, layout)
         mlflow.log_artifact(str(layout.model_dir / "config.json"), artifact_path="reports")
     champion = current_champion(client, name)
     decision = decide(metric=params.task.metric, value=float(metrics[params.task.metric]),

@@ -22,7 +22,7 @@ from bertops.layout import Layout
 from bertops.modeling import add_tokens, load_classifier, load_tokenizer, resolve_model_path
 from bertops.training.data import FineTuneData
 from bertops.training.mlflow_logging import MlflowMetricsLogger
-from bertops.training.module import SequenceClassifier, TokenClassifier, auto_precision
+from bertops.training.module import QuestionAnswerer, SequenceClassifier, TokenClassifier, auto_precision
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +73,8 @@ def train(params: Params, layout: Layout) -> dict:
     labels = json.loads(layout.labels_file.read_text())
     tokenizer = load_tokenizer(params.model.name_or_path, params.model.revision)
     model, new_params = load_classifier(params.model.name_or_path, labels, params.model.revision, params.task.type)
-    token_level = params.task.type == "token_classification"
-    if token_level and params.task.add_unknown_tokens:
+    task = params.task
+    if task.type == "token_classification" and task.add_unknown_tokens:
         uncovered = json.loads(layout.vocab_coverage_file.read_text())["uncovered_characters"]
         add_tokens(model, tokenizer, list(uncovered))  # new rows start at the mean embedding, train at train.lr
 
@@ -102,9 +102,14 @@ def train(params: Params, layout: Layout) -> dict:
         {name: layout.split(name) for name in ("train", "val")}, tokenizer, labels,
         max_length=params.model.max_length, batch_size=hp.batch_size, eval_batch_size=hp.eval_batch_size,
         length_grouping=hp.length_grouping, num_workers=hp.num_workers, seed=hp.seed,
-        max_train_examples=hp.max_train_examples, token_level=token_level)
-    module = (TokenClassifier(model, new_params, hp, params.task.tag_scheme) if token_level
-              else SequenceClassifier(model, new_params, hp))
+        max_train_examples=hp.max_train_examples, task_type=task.type,
+        doc_stride=getattr(task, "doc_stride", 128))
+    if task.type == "token_classification":
+        module = TokenClassifier(model, new_params, hp, task.tag_scheme)
+    elif task.type == "question_answering":
+        module = QuestionAnswerer(model, new_params, hp, task)
+    else:
+        module = SequenceClassifier(model, new_params, hp)
     monitor = f"val_{params.task.metric}"
     checkpoint = ModelCheckpoint(dirpath=work / "ckpt", filename="best", monitor=monitor, mode="max", save_top_k=1,
                                  save_last=True, enable_version_counter=False)

@@ -73,20 +73,41 @@ class EncodedSplit(Dataset):
         return sum(self.lengths)
 
 
+class QuestionCollator:
+    """Pads model inputs; keeps each window's index (for decoding) and drops the decoding-only fields."""
+
+    def __init__(self, tokenizer):
+        self.pad = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8)
+
+    def __call__(self, features):
+        drop = ("example_index", "offset_mapping")
+        batch = self.pad([{k: v for k, v in f.items() if k not in drop} for f in features])
+        return batch
+
+
 class FineTuneData(L.LightningDataModule):
-    """Splits encoded once by `encode` (encode_sequences / encode_words), batched by `collate`."""
+    """Splits encoded once for the task (one feature per text, sentence, or context window), batched with
+    dynamic padding."""
 
     def __init__(self, split_paths: dict[str, Path], tokenizer, labels: list[str], *, max_length: int,
                  batch_size: int, eval_batch_size: int, length_grouping: bool, num_workers: int, seed: int,
-                 max_train_examples: int | None = None, token_level: bool = False):
+                 max_train_examples: int | None = None, task_type: str = "sequence_classification",
+                 doc_stride: int = 128):
         super().__init__()
-        self.encode = encode_words if token_level else encode_sequences
+        if task_type == "question_answering":
+            from bertops.qa.windows import encode_questions
+
+            self.encode = lambda rows, tok, labels, max_len: encode_questions(rows, tok, max_len, doc_stride)
+            self.collate = QuestionCollator(tokenizer)
+        elif task_type == "token_classification":
+            self.encode, self.collate = encode_words, DataCollatorForTokenClassification(tokenizer, pad_to_multiple_of=8)
+        else:
+            self.encode, self.collate = encode_sequences, DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8)
+        self.rows: dict[str, list[dict]] = {}
         self.split_paths, self.tokenizer, self.labels = split_paths, tokenizer, labels
         self.max_length, self.batch_size, self.eval_batch_size = max_length, batch_size, eval_batch_size
         self.length_grouping, self.num_workers, self.seed = length_grouping, num_workers, seed
         self.max_train_examples = max_train_examples
-        collator = DataCollatorForTokenClassification if token_level else DataCollatorWithPadding
-        self.collate = collator(tokenizer, pad_to_multiple_of=8)
         self.splits: dict[str, EncodedSplit] = {}
 
     def setup(self, stage: str | None = None):
@@ -97,6 +118,7 @@ class FineTuneData(L.LightningDataModule):
             if name == "train" and self.max_train_examples and self.max_train_examples < len(rows):
                 # a random subset: split files keep the corpus order, which is often grouped by label
                 rows = random.Random(self.seed).sample(rows, self.max_train_examples)
+            self.rows[name] = rows
             self.splits[name] = EncodedSplit(self.encode(rows, self.tokenizer, self.labels, self.max_length))
 
     def _loader(self, name: str, batch_size: int, train: bool) -> DataLoader:

@@ -1,0 +1,1 @@
+"""Extractive question answering: SQuAD-format reading, windowed encoding, span decoding, EM/F1."""
