@@ -68,6 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--model-uri", help="registry reference (default models:/<registry.model_name>@champion)")
     pred.add_argument("--pairs", action="store_true", help="each input is a sentence pair: first<TAB>second")
     pred.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
+    fill = sub.add_parser("fill-mask", help="top-k fillers for the [MASK] in each text (a masked-LM model)")
+    fill.add_argument("texts", nargs="+", help="texts with one [MASK] each")
+    fill.add_argument("--top-k", type=int, default=5)
+    fill.add_argument("--model-uri", help="registry reference (default models:/<registry.model_name>@champion)")
+    fill.add_argument("--json", action="store_true", help="print JSON lines")
     sub.add_parser("check-params", help="validate params.yaml and print the effective values")
     prom = sub.add_parser("promote", help="manually make VERSION the champion (recorded with who and why)")
     prom.add_argument("name")
@@ -96,6 +101,12 @@ def main(argv: list[str] | None = None) -> int:
 
             for row in predict(args.model_uri, args.texts, args.file, args.params, args.root, args.pairs):
                 print(json.dumps(row, ensure_ascii=False) if args.json else format_row(row))
+        elif args.command == "fill-mask":
+            from bertops.predict import fill_mask
+
+            for row in fill_mask(args.model_uri, args.texts, args.top_k, args.params, args.root):
+                fillers = "  ".join(f"{f['token']} {f['probability']:.3f}" for f in row["fillers"])
+                print(json.dumps(row, ensure_ascii=False) if args.json else f"{row['text']}\n    {fillers}")
         elif args.command in ("promote", "rollback", "lineage"):
             registry_command(args)
         elif args.command == "check-params":

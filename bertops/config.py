@@ -28,9 +28,9 @@ class CorpusParams(_Section):
     source: str = Field(
         description="a packaged-corpus manifest (data/sources/*.yaml) or your own .csv/.tsv/.jsonl file"
     )
-    format: Literal["auto", "csv", "tsv", "jsonl", "conll", "squad"] = Field(
+    format: Literal["auto", "csv", "tsv", "jsonl", "conll", "squad", "text"] = Field(
         "auto", description="file format; auto = by suffix (.conll/.bio/.iob = conll: token<TAB>tag lines; "
-                            ".json = squad)")
+                            ".json = squad; .txt = text, one document or sentence per line, for masked_lm)")
     encoding: str = Field("utf-8", description="text encoding of a user file")
     text_column: str = Field("text", min_length=1)
     text_pair_column: str | None = Field(None, description="second text of a sentence pair, or null")
@@ -94,9 +94,40 @@ class QuestionAnsweringTask(_Section):
         return "question-answering"  # recorded in lineage; transformers 5 has no such pipeline (see qa/pyfunc.py)
 
 
-TASK_TYPES = ("sequence_classification", "token_classification", "question_answering")
-TaskParams = Annotated[SequenceClassificationTask | TokenClassificationTask | QuestionAnsweringTask,
+class MaskedLMTask(_Section):
+    """Continued masked-LM pretraining (domain- or task-adaptive) on unlabelled text; the output checkpoint can
+    be the model.name_or_path of a fine-tune. The MLM head is initialised when the checkpoint lacks one (its
+    decoder stays tied to the input embeddings)."""
+
+    type: Literal["masked_lm"]
+    metric: Literal["perplexity"] = Field("perplexity", description="held-out perplexity on masked tokens")
+    mlm_probability: float = Field(0.15, gt=0, lt=1, description="share of tokens selected for prediction")
+    mask_replace_prob: float = Field(0.8, ge=0, le=1, description="selected tokens replaced by [MASK]")
+    random_replace_prob: float = Field(0.1, ge=0, le=1, description="selected tokens replaced by a random token")
+    masking: Literal["token", "whole_word", "span"] = Field(
+        "token", description="unit of selection: sub-tokens, whole words, or spans of whole words (SpanBERT)")
+    span_mean_length: float = Field(3.0, ge=1, le=10, description="mean span length in words (masking: span)")
+
+    @model_validator(mode="after")
+    def _replacement_shares(self):
+        if self.mask_replace_prob + self.random_replace_prob > 1:
+            raise ValueError("mask_replace_prob + random_replace_prob must be at most 1 (the rest is kept)")
+        return self
+
+    @property
+    def pipeline_task(self) -> str:
+        return "fill-mask"
+
+
+TASK_TYPES = ("sequence_classification", "token_classification", "question_answering", "masked_lm")
+TaskParams = Annotated[SequenceClassificationTask | TokenClassificationTask | QuestionAnsweringTask | MaskedLMTask,
                        Field(discriminator="type")]
+LOWER_IS_BETTER = {"perplexity"}
+
+
+def metric_mode(metric: str) -> str:
+    """"min" for metrics where lower is better (perplexity), else "max"."""
+    return "min" if metric in LOWER_IS_BETTER else "max"
 
 
 class TrainParams(_Section):
@@ -135,7 +166,7 @@ class TrainParams(_Section):
 class RegistryParams(_Section):
     model_name: str = Field(min_length=1, description="registered model name in the MLflow Model Registry")
     min_delta: float = Field(
-        0.0, ge=0, le=1.0, description="the challenger must beat the champion's test metric by at least this"
+        0.0, ge=0, description="the challenger must beat the champion's test metric by at least this"
     )
 
 

@@ -7,6 +7,7 @@ import logging
 
 import torch
 from transformers import (
+    AutoModelForMaskedLM,
     AutoModelForQuestionAnswering,
     AutoModelForSequenceClassification,
     AutoModelForTokenClassification,
@@ -42,6 +43,7 @@ AUTO_MODELS = {
     "sequence_classification": AutoModelForSequenceClassification,  # head on the [CLS]/pooler output
     "token_classification": AutoModelForTokenClassification,  # head on every token's last hidden state
     "question_answering": AutoModelForQuestionAnswering,  # start and end logits on every token
+    "masked_lm": AutoModelForMaskedLM,  # the MLM head, decoder tied to the input embeddings
 }
 
 
@@ -51,7 +53,7 @@ def load_classifier(name_or_path: str, labels: list[str], revision: str | None =
     path = resolve_model_path(name_or_path)
     try:
         # float32 master weights: a half-precision checkpoint would otherwise train in half precision
-        label_kwargs = {} if task_type == "question_answering" else dict(
+        label_kwargs = {} if task_type in ("question_answering", "masked_lm") else dict(
             num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={label: i for i, label in enumerate(labels)})
         model, info = AUTO_MODELS[task_type].from_pretrained(
             path, revision=revision, dtype=torch.float32, output_loading_info=True, **label_kwargs)

@@ -72,3 +72,31 @@ def format_row(row: dict) -> str:
         found = "  ".join(f"[{e['type']}: {e['text']} {e['probability']:.2f}]" for e in row["entities"])
         return f"{row['text']}\n    {found or '(no entities)'}"
     return f"{row['label']}\t{row['probability']:.4f}\t{row['text']}"
+
+
+def fill_mask(model_uri: str | None, texts: list[str], top_k: int, params_path: Path, root: Path) -> list[dict]:
+    """Top-k fillers for each text's [MASK] (written as [MASK] whatever the model's own mask token is)."""
+    import mlflow
+
+    from bertops import tracking
+    from bertops.config import load_params
+    from bertops.layout import Layout
+
+    params = load_params(params_path)
+    tracking.configure(params, Layout(root.resolve()))
+    model_uri = model_uri or f"models:/{params.registry.model_name}@champion"
+    try:
+        model = mlflow.transformers.load_model(model_uri)
+    except mlflow.exceptions.MlflowException as exc:
+        raise BertopsError(f"cannot load {model_uri}: {exc.message}") from None
+    if getattr(model, "task", None) != "fill-mask":
+        raise BertopsError(f"{model_uri} is a {getattr(model, 'task', '?')} model, not a masked-LM (fill-mask) one")
+    rows = []
+    for text in texts:
+        masked = text.replace("[MASK]", model.tokenizer.mask_token)
+        if masked.count(model.tokenizer.mask_token) != 1:
+            raise BertopsError(f"fill-mask: put exactly one [MASK] in each text: {text!r}")
+        fillers = model(masked, top_k=top_k)
+        rows.append({"text": text, "fillers": [{"token": f["token_str"].strip(), "probability": round(float(
+            f["score"]), 4)} for f in fillers]})
+    return rows

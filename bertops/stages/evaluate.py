@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+from collections import Counter
 import logging
 
 import matplotlib
@@ -16,6 +17,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support  # noqa: E402
 from transformers import (  # noqa: E402
+    AutoModelForMaskedLM,
     AutoModelForQuestionAnswering,
     AutoModelForSequenceClassification,
     AutoModelForTokenClassification,
@@ -157,10 +159,55 @@ def _score_questions(params: Params, layout: Layout, labels: list[str], rows: li
     return metrics, predictions, confusion_matrix(gold_kind, pred_kind, labels=[0, 1]), ["no answer", "answer"]
 
 
+@torch.inference_mode()
+def _score_masked_lm(params: Params, layout: Layout, labels: list[str], rows: list[dict]):
+    """Perplexity and top-1 accuracy on the test split's masked tokens, masked exactly as validation masks
+    (fixed per example), so versions trained on the same split compare."""
+    from bertops.mlm.masking import IGNORE_INDEX, MaskingCollator, encode_texts
+    from bertops.stages.train import masking_options
+
+    model = AutoModelForMaskedLM.from_pretrained(layout.model_dir, dtype=torch.float32)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device).eval()
+    tokenizer = AutoTokenizer.from_pretrained(layout.model_dir)
+    features = encode_texts(rows, tokenizer, params.model.max_length)
+    collate = MaskingCollator(tokenizer, seed=params.train.seed, fixed=True, **masking_options(params.task))
+    per_example, gold_ids, pred_ids = [], [], []
+    size = params.train.eval_batch_size
+    for start in range(0, len(features), size):
+        batch = {k: v.to(device) for k, v in collate(features[start:start + size]).items()}
+        logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits.float()
+        labels_ = batch["labels"]
+        losses = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels_, ignore_index=IGNORE_INDEX,
+                                                   reduction="none")
+        masked = labels_ != IGNORE_INDEX
+        top1 = logits.argmax(-1)
+        for i in range(len(labels_)):
+            m = masked[i]
+            per_example.append((float(losses[i][m].sum()), int(m.sum()), int((top1[i][m] == labels_[i][m]).sum())))
+            gold_ids += labels_[i][m].tolist()
+            pred_ids += top1[i][m].tolist()
+    loss_sum = sum(e[0] for e in per_example)
+    n = sum(e[1] for e in per_example)
+    metrics = {"perplexity": float(np.exp(min(loss_sum / max(n, 1), 50.0))),
+               "masked_accuracy": float(sum(e[2] for e in per_example) / max(n, 1)),
+               "masked_tokens": n, "texts": len(rows)}
+    predictions = [{"line": row["line"], "masked_tokens": e[1], "loss_sum": round(e[0], 5), "correct_tokens": e[2],
+                    "correct": e[1] == e[2]} for row, e in zip(rows, per_example)]
+    # which fillers the model confuses: the 10 most frequent masked tokens and everything else
+    common = [t for t, _ in Counter(gold_ids).most_common(10)]
+    names = tokenizer.convert_ids_to_tokens(common) + ["(other)"]
+    index = {t: i for i, t in enumerate(common)}
+    matrix = confusion_matrix([index.get(t, len(common)) for t in gold_ids],
+                              [index.get(t, len(common)) for t in pred_ids], labels=list(range(len(names))))
+    return metrics, predictions, matrix, names
+
+
 def evaluate(params: Params, layout: Layout) -> dict:
     labels = json.loads(layout.labels_file.read_text())
     rows = read_split(layout.split("test"))
-    score = {"token_classification": _score_tokens, "question_answering": _score_questions}.get(
+    score = {"token_classification": _score_tokens, "question_answering": _score_questions,
+             "masked_lm": _score_masked_lm}.get(
         params.task.type, _score_sequences)
     metrics, predictions, matrix, matrix_labels = score(params, layout, labels, rows)
     metrics["metric"] = params.task.metric
@@ -171,7 +218,8 @@ def evaluate(params: Params, layout: Layout) -> dict:
     with layout.predictions_file.open("w") as out:
         for row in predictions:
             out.write(json.dumps(row, ensure_ascii=False) + "\n")
-    title = "test confusion matrix (words, by entity type)" if params.task.type == "token_classification" else None
+    title = {"token_classification": "test confusion matrix (words, by entity type)",
+             "masked_lm": "test masked tokens: gold vs top-1 filler"}.get(params.task.type)
     _plot_confusion(matrix, matrix_labels, reports / "confusion_matrix.png", title)
     _plot_learning_curve(layout, params.task.metric, reports / "learning_curve.png")
 

@@ -38,6 +38,9 @@ def import_corpus(params: Params, layout: Layout) -> Path:
         # A user's own file is copied byte for byte, so that prepare's file:line errors match their file.
         if params.task.type == "question_answering":
             fmt, suffix = "squad", "json"
+        elif params.task.type == "masked_lm" and (params.corpus.format == "text" or (
+                params.corpus.format == "auto" and source.suffix.lower() == ".txt")):
+            fmt, suffix = "text", "txt"
         else:
             detect = detect_token_format if params.task.type == "token_classification" else detect_format
             fmt = suffix = detect(source, params.corpus.format)

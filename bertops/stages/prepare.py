@@ -10,7 +10,7 @@ from collections import Counter, defaultdict
 from sklearn.model_selection import train_test_split
 
 from bertops.config import Params
-from bertops.corpora.readers import Example, read_examples
+from bertops.corpora.readers import Example, _decode, _field, _records, detect_format, read_examples
 from bertops.corpora.token_readers import TokenExample, read_token_examples
 from bertops.errors import CorpusError
 from bertops.layout import Layout
@@ -56,6 +56,8 @@ def prepare(params: Params, layout: Layout) -> dict:
         return prepare_tokens(params, layout)
     if params.task.type == "question_answering":
         return prepare_questions(params, layout)
+    if params.task.type == "masked_lm":
+        return prepare_texts(params, layout)
     corpus = params.corpus
     raw = layout.raw_corpus()
     # import named the raw file corpus.<format>, so its suffix says the format
@@ -183,6 +185,53 @@ def prepare_questions(params: Params, layout: Layout) -> dict:
     stats = {"source": raw.name, "questions": len(questions), "paragraphs": len(paragraphs),
              "splits": {name: {"paragraphs": sum(1 for p in where.values() if p == name), **counts[name]}
                         for name in SPLITS}}
+    (layout.prepared_dir / "stats.json").write_text(json.dumps(stats, indent=1) + "\n")
+    log.info("prepared %s", json.dumps(stats))
+    return stats
+
+
+def read_texts(path, corpus) -> list[tuple[int, str]]:
+    """Unlabelled text: one document or sentence per line (.txt), or the text column of a CSV/TSV/JSONL corpus."""
+    if path.suffix == ".txt":
+        lines = _decode(path, corpus.encoding).splitlines()
+        texts = [(i, line.strip()) for i, line in enumerate(lines, start=1) if line.strip()]
+    else:
+        texts = []
+        for lineno, record in _records(path, detect_format(path), corpus.encoding):
+            text = (_field(record, corpus.text_column, path, lineno) or "").strip()
+            if not text:
+                raise CorpusError(path, lineno, f"empty text in field {corpus.text_column!r}")
+            texts.append((lineno, text))
+    if not texts:
+        raise CorpusError(path, None, "no text: the file is empty")
+    return texts
+
+
+def prepare_texts(params: Params, layout: Layout) -> dict:
+    corpus = params.corpus
+    raw = layout.raw_corpus()
+    texts = read_texts(raw, corpus)
+    seen, kept = set(), []
+    for line, text in texts:
+        if text not in seen:
+            seen.add(text)
+            kept.append((line, text))
+    if len(kept) < 3:
+        raise CorpusError(raw, None, f"need at least 3 distinct texts to split, found {len(kept)}")
+    seed = corpus.split.seed
+    rest, test_part = train_test_split(kept, test_size=corpus.split.test, random_state=seed)
+    train_part, val_part = train_test_split(rest, test_size=corpus.split.val / (1 - corpus.split.test),
+                                            random_state=seed)
+    splits = {"train": train_part, "val": val_part, "test": test_part}
+    layout.prepared_dir.mkdir(parents=True, exist_ok=True)
+    for name in SPLITS:
+        with layout.split(name).open("w") as out:
+            for line, text in sorted(splits[name]):
+                out.write(json.dumps({"text": text, "line": line}, ensure_ascii=False) + "\n")
+    layout.labels_file.write_text("[]\n")  # masked LM: the vocabulary is the label set
+    stats = {"source": raw.name, "texts": len(texts), "duplicates_dropped": len(texts) - len(kept),
+             "splits": {name: {"texts": len(part), "words": sum(len(t.split()) for _, t in part)}
+                        for name, part in splits.items()}}
     (layout.prepared_dir / "stats.json").write_text(json.dumps(stats, indent=1) + "\n")
     log.info("prepared %s", json.dumps(stats))
     return stats

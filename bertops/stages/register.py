@@ -15,7 +15,7 @@ from transformers import AutoTokenizer, pipeline
 
 import bertops
 from bertops import lineage, tracking
-from bertops.config import Params, params_hash
+from bertops.config import Params, metric_mode, params_hash
 from bertops.errors import BertopsError
 from bertops.layout import Layout
 from bertops.modeling import AUTO_MODELS
@@ -48,12 +48,14 @@ def decide(*, metric: str, value: float, test_split: str, min_delta: float, cham
     if tags.get("bertops.test_split_sha256") != test_split:
         return Decision(False, f"champion v{champion.version} was scored on a different test split: "
                                "not comparable, no automatic promotion", **base)
-    delta = value - champion_value
+    # the improvement: higher is better, except for metrics like perplexity
+    delta = value - champion_value if metric_mode(metric) == "max" else champion_value - value
     if delta > 0 and delta >= min_delta:
         return Decision(True, f"test {metric} {value:.4f} beats champion v{champion.version}'s "
-                              f"{champion_value:.4f} by {delta:+.4f} (min_delta {min_delta})", **base)
+                              f"{champion_value:.4f}: improvement {delta:+.4f} (min_delta {min_delta})", **base)
     return Decision(False, f"test {metric} {value:.4f} vs champion v{champion.version}'s {champion_value:.4f}: "
-                           f"delta {delta:+.4f} does not reach min_delta {min_delta} (and must be > 0)", **base)
+                           f"improvement {delta:+.4f} does not reach min_delta {min_delta} (and must be > 0)",
+                    **base)
 
 
 def lineage_tags(params: Params, layout: Layout, run_id: str, metrics: dict) -> dict[str, str]:
@@ -84,6 +86,10 @@ def _pipeline_input(row: dict):
         return " ".join(row["tokens"])
     if "question" in row:
         return {"question": row["question"], "context": row["context"]}
+    if "text_pair" not in row and "label" not in row:  # masked LM: a cloze with one word masked
+        words = row["text"].split()
+        words[len(words) // 2] = "[MASK]"
+        return " ".join(words)
     return {"text": row["text"], "text_pair": row["text_pair"]} if "text_pair" in row else row["text"]
 
 
@@ -117,6 +123,8 @@ def log_model(params: Params, layout: Layout):
     model = AUTO_MODELS[params.task.type].from_pretrained(layout.model_dir)
     tokenizer = AutoTokenizer.from_pretrained(layout.model_dir)
     classifier = pipeline(params.task.pipeline_task, model=model, tokenizer=tokenizer)
+    if params.task.type == "masked_lm":
+        example = [text.replace("[MASK]", tokenizer.mask_token) for text in example]
     return mlflow.transformers.log_model(
         classifier, name="model", task=params.task.pipeline_task, input_example=example,
         pip_requirements=requirements, model_config=pipeline_config(params))

@@ -16,13 +16,19 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 
 from bertops import tracking
-from bertops.config import Params, flat_params, params_hash
+from bertops.config import Params, flat_params, metric_mode, params_hash
 from bertops.errors import BertopsError
 from bertops.layout import Layout
 from bertops.modeling import add_tokens, load_classifier, load_tokenizer, resolve_model_path
 from bertops.training.data import FineTuneData
 from bertops.training.mlflow_logging import MlflowMetricsLogger
-from bertops.training.module import QuestionAnswerer, SequenceClassifier, TokenClassifier, auto_precision
+from bertops.training.module import (
+    MaskedLM,
+    QuestionAnswerer,
+    SequenceClassifier,
+    TokenClassifier,
+    auto_precision,
+)
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +72,13 @@ def _write_history(client: MlflowClient, run_id: str, layout: Layout, val_keys: 
             writer.writerow([epoch, step, *(f"{val[k].get(step, float('nan')):.6f}" for k in val)])
 
 
+def masking_options(task) -> dict | None:
+    if task.type != "masked_lm":
+        return None
+    return {"probability": task.mlm_probability, "masking": task.masking, "replace_prob": task.mask_replace_prob,
+            "random_prob": task.random_replace_prob, "span_mean": task.span_mean_length}
+
+
 def train(params: Params, layout: Layout) -> dict:
     hp = params.train
     # before the model is built: the new head's initial weights come from this seed too
@@ -103,21 +116,24 @@ def train(params: Params, layout: Layout) -> dict:
         max_length=params.model.max_length, batch_size=hp.batch_size, eval_batch_size=hp.eval_batch_size,
         length_grouping=hp.length_grouping, num_workers=hp.num_workers, seed=hp.seed,
         max_train_examples=hp.max_train_examples, task_type=task.type,
-        doc_stride=getattr(task, "doc_stride", 128))
+        doc_stride=getattr(task, "doc_stride", 128), masking=masking_options(task))
     if task.type == "token_classification":
         module = TokenClassifier(model, new_params, hp, task.tag_scheme)
     elif task.type == "question_answering":
         module = QuestionAnswerer(model, new_params, hp, task)
+    elif task.type == "masked_lm":
+        module = MaskedLM(model, new_params, hp)
     else:
         module = SequenceClassifier(model, new_params, hp)
     monitor = f"val_{params.task.metric}"
-    checkpoint = ModelCheckpoint(dirpath=work / "ckpt", filename="best", monitor=monitor, mode="max", save_top_k=1,
+    mode = metric_mode(task.metric)
+    checkpoint = ModelCheckpoint(dirpath=work / "ckpt", filename="best", monitor=monitor, mode=mode, save_top_k=1,
                                  save_last=True, enable_version_counter=False)
     callbacks = [checkpoint, TQDMProgressBar(refresh_rate=10),
                  MlflowMetricsLogger(client, run_id, log_every_n_steps=params.tracking.log_every_n_steps,
                                      flush_every_n_steps=params.tracking.flush_every_n_steps)]
     if hp.early_stopping_patience:
-        callbacks.append(EarlyStopping(monitor=monitor, mode="max", patience=hp.early_stopping_patience))
+        callbacks.append(EarlyStopping(monitor=monitor, mode=mode, patience=hp.early_stopping_patience))
     precision = auto_precision(hp.precision)
     trainer = L.Trainer(max_epochs=hp.epochs, accelerator=hp.accelerator, devices=hp.devices, precision=precision,
                         callbacks=callbacks, logger=False,

@@ -92,9 +92,16 @@ class FineTuneData(L.LightningDataModule):
     def __init__(self, split_paths: dict[str, Path], tokenizer, labels: list[str], *, max_length: int,
                  batch_size: int, eval_batch_size: int, length_grouping: bool, num_workers: int, seed: int,
                  max_train_examples: int | None = None, task_type: str = "sequence_classification",
-                 doc_stride: int = 128):
+                 doc_stride: int = 128, masking: dict | None = None):
         super().__init__()
-        if task_type == "question_answering":
+        self.eval_collate = None
+        if task_type == "masked_lm":
+            from bertops.mlm.masking import MaskingCollator, encode_texts
+
+            self.encode = lambda rows, tok, labels, max_len: encode_texts(rows, tok, max_len)
+            self.collate = MaskingCollator(tokenizer, seed=seed, **masking)
+            self.eval_collate = MaskingCollator(tokenizer, seed=seed, fixed=True, **masking)
+        elif task_type == "question_answering":
             from bertops.qa.windows import encode_questions
 
             self.encode = lambda rows, tok, labels, max_len: encode_questions(rows, tok, max_len, doc_stride)
@@ -131,7 +138,8 @@ class FineTuneData(L.LightningDataModule):
         else:
             # evaluation order does not matter for metrics: sort by length for the least padding
             sampler = sorted(range(len(split)), key=split.lengths.__getitem__)
-        return DataLoader(split, batch_size=batch_size, sampler=sampler, collate_fn=self.collate,
+        collate = self.collate if train or self.eval_collate is None else self.eval_collate
+        return DataLoader(split, batch_size=batch_size, sampler=sampler, collate_fn=collate,
                           num_workers=self.num_workers, pin_memory=torch.cuda.is_available(),
                           persistent_workers=self.num_workers > 0)
 

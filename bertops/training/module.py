@@ -3,6 +3,8 @@ metrics: sequence (and sentence-pair) classification from [CLS], token classific
 
 from __future__ import annotations
 
+import math
+
 import lightning as L
 import torch
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
@@ -139,6 +141,34 @@ class QuestionAnswerer(FineTuner):
                               {r["id"]: r["answers"]["text"] for r in rows})
         self.log("val_f1", scores["f1"], prog_bar=True, logger=False)
         self.log("val_exact_match", scores["exact_match"], logger=False)
+
+
+class MaskedLM(FineTuner):
+    """Held-out perplexity: exp of the mean loss over every masked token of the split (fixed masks)."""
+
+    VAL_METRICS = ("val_loss", "val_perplexity", "val_accuracy")
+
+    def __init__(self, model, new_params: set[str], train_params: TrainParams):
+        super().__init__(model, new_params, train_params)
+        self._sums = None
+
+    def on_validation_epoch_start(self):
+        self._sums = torch.zeros(3, device=self.device)  # loss sum, masked tokens, correct top-1
+
+    def validation_step(self, batch, batch_idx):
+        out = self.model(**batch)
+        labels = batch["labels"]
+        masked = labels != IGNORE_INDEX
+        n = masked.sum()
+        correct = (out.logits.argmax(-1)[masked] == labels[masked]).sum()
+        self._sums += torch.stack([out.loss.float() * n, n.float(), correct.float()])
+
+    def on_validation_epoch_end(self):
+        loss_sum, n, correct = self._sums.tolist()
+        mean = loss_sum / max(n, 1.0)
+        self.log("val_loss", mean, logger=False)
+        self.log("val_perplexity", math.exp(min(mean, 50.0)), prog_bar=True, logger=False)
+        self.log("val_accuracy", correct / max(n, 1.0), logger=False)
 
 
 def auto_precision(precision: str) -> str:

@@ -1,0 +1,1 @@
+"""Masked-LM continued pretraining (DAPT/TAPT) and cloze fill-mask."""
