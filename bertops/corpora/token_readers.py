@@ -3,12 +3,11 @@ into sentences, stopping at the first bad line with `file:line: what is wrong`."
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from bertops.corpora.readers import SUFFIX_FORMATS, _decode
+from bertops.corpora.readers import SUFFIX_FORMATS, _decode, _records
 from bertops.errors import CorpusError
 
 TOKEN_SUFFIX_FORMATS = {**SUFFIX_FORMATS, ".conll": "conll", ".bio": "conll", ".iob": "conll", ".txt": "conll"}
@@ -68,17 +67,9 @@ def parse_conll(text: str, where: str | Path) -> list[TokenExample]:
     return sentences
 
 
-def _parse_jsonl(text: str, path: Path, tokens_column: str, tags_column: str) -> list[TokenExample]:
+def _parse_jsonl(path: Path, encoding: str, tokens_column: str, tags_column: str) -> list[TokenExample]:
     sentences = []
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise CorpusError(path, lineno, f"not valid JSON: {exc.msg} (column {exc.colno})") from None
-        if not isinstance(record, dict):
-            raise CorpusError(path, lineno, f"expected a JSON object, got {type(record).__name__}")
+    for lineno, record in _records(path, "jsonl", encoding):
         columns = []
         for column in (tokens_column, tags_column):
             value = record.get(column)
@@ -105,8 +96,8 @@ def read_token_examples(path: Path, *, fmt: str, encoding: str, tokens_column: s
     fmt = detect_token_format(path, fmt)
     if fmt not in ("conll", "jsonl"):
         raise CorpusError(path, None, f"token classification reads conll or jsonl files, not {fmt}")
-    text = _decode(path, encoding)
-    sentences = parse_conll(text, path) if fmt == "conll" else _parse_jsonl(text, path, tokens_column, tags_column)
+    sentences = (parse_conll(_decode(path, encoding), path) if fmt == "conll"
+                 else _parse_jsonl(path, encoding, tokens_column, tags_column))
     if not sentences:
         raise CorpusError(path, None, "no sentences: the file is empty")
     allowed = set(labels) if labels else None

@@ -11,7 +11,7 @@ from sklearn.model_selection import train_test_split
 
 from bertops.config import Params
 from bertops.corpora.readers import Example, _decode, _field, _records, detect_format, read_examples
-from bertops.corpora.token_readers import TokenExample, read_token_examples
+from bertops.corpora.token_readers import read_token_examples
 from bertops.errors import CorpusError
 from bertops.layout import Layout
 from bertops.qa.squad import read_squad
@@ -22,15 +22,15 @@ log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
 
 
-def deduplicate(examples: list[Example]) -> tuple[list[Example], dict]:
-    """Keep the first of exact duplicates (same text and pair); drop every copy of a text whose copies
-    disagree on the label, since no split could hold it honestly."""
-    by_key: dict[tuple, list[Example]] = defaultdict(list)
+def deduplicate(examples: list, key=lambda ex: (ex.text, ex.text_pair), target=lambda ex: ex.label):
+    """Keep the first of exact duplicates (same input: text and pair, or tokens); drop every copy of an input
+    whose copies disagree on the label (or tags), since no split could hold it honestly."""
+    by_key: dict[tuple, list] = defaultdict(list)
     for ex in examples:
-        by_key[(ex.text, ex.text_pair)].append(ex)
+        by_key[key(ex)].append(ex)
     kept, duplicates, conflicting = [], 0, 0
     for group in by_key.values():
-        if len({ex.label for ex in group}) > 1:
+        if len({target(ex) for ex in group}) > 1:
             conflicting += len(group)
             continue
         kept.append(group[0])
@@ -48,6 +48,13 @@ def split_examples(examples: list[Example], val: float, test: float, seed: int, 
     except ValueError as exc:
         counts = dict(Counter(labels))
         raise CorpusError(source, None, f"cannot make stratified splits (label counts {counts}): {exc}") from None
+    return {"train": train_part, "val": val_part, "test": test_part}
+
+
+def random_splits(items: list, split) -> dict[str, list]:
+    """Seeded train/val/test shares of `items` (unstratified: sentences, paragraphs, texts)."""
+    rest, test_part = train_test_split(items, test_size=split.test, random_state=split.seed)
+    train_part, val_part = train_test_split(rest, test_size=split.val / (1 - split.test), random_state=split.seed)
     return {"train": train_part, "val": val_part, "test": test_part}
 
 
@@ -103,24 +110,10 @@ def prepare_tokens(params: Params, layout: Layout) -> dict:
     raw = layout.raw_corpus()
     sentences = read_token_examples(raw, fmt="auto", encoding=corpus.encoding, tokens_column=corpus.tokens_column,
                                     tags_column=corpus.tags_column, scheme=task.tag_scheme, labels=corpus.labels)
-    by_tokens: dict[tuple, list[TokenExample]] = defaultdict(list)
-    for ex in sentences:
-        by_tokens[ex.tokens].append(ex)
-    kept, duplicates, conflicting = [], 0, 0
-    for group in by_tokens.values():
-        if len({ex.tags for ex in group}) > 1:
-            conflicting += len(group)
-            continue
-        kept.append(group[0])
-        duplicates += len(group) - 1
-    kept.sort(key=lambda ex: ex.line)
+    kept, dedup_stats = deduplicate(sentences, key=lambda ex: ex.tokens, target=lambda ex: ex.tags)
     if len(kept) < 3:
         raise CorpusError(raw, None, f"need at least 3 sentences to split, found {len(kept)}")
-    seed = corpus.split.seed
-    rest, test_part = train_test_split(kept, test_size=corpus.split.test, random_state=seed)
-    train_part, val_part = train_test_split(rest, test_size=corpus.split.val / (1 - corpus.split.test),
-                                            random_state=seed)
-    splits = {"train": train_part, "val": val_part, "test": test_part}
+    splits = random_splits(kept, corpus.split)
     label_names = list(corpus.labels) if corpus.labels else tag_order(t for ex in kept for t in ex.tags)
     if "O" not in label_names:
         raise CorpusError(raw, None, f"corpus.labels must include 'O' for token classification, got {label_names}")
@@ -149,8 +142,8 @@ def prepare_tokens(params: Params, layout: Layout) -> dict:
     stats = {
         "source": raw.name,
         "sentences": len(sentences),
-        "duplicates_dropped": duplicates,
-        "conflicting_tag_rows_dropped": conflicting,
+        "duplicates_dropped": dedup_stats["duplicates_dropped"],
+        "conflicting_tag_rows_dropped": dedup_stats["conflicting_label_rows_dropped"],
         "splits": {name: {"sentences": len(part), "tokens": sum(len(ex.tokens) for ex in part),
                           "entities": entity_counts(part)} for name, part in splits.items()},
         "unk_word_ratio": coverage["unk_word_ratio"],
@@ -168,10 +161,7 @@ def prepare_questions(params: Params, layout: Layout) -> dict:
     paragraphs = sorted({q.paragraph for q in questions})
     if len(paragraphs) < 3:
         raise CorpusError(raw, None, f"need at least 3 paragraphs to split by paragraph, found {len(paragraphs)}")
-    seed = corpus.split.seed
-    rest, test_p = train_test_split(paragraphs, test_size=corpus.split.test, random_state=seed)
-    train_p, val_p = train_test_split(rest, test_size=corpus.split.val / (1 - corpus.split.test), random_state=seed)
-    where = {p: name for name, part in (("train", train_p), ("val", val_p), ("test", test_p)) for p in part}
+    where = {p: name for name, part in random_splits(paragraphs, corpus.split).items() for p in part}
     layout.prepared_dir.mkdir(parents=True, exist_ok=True)
     outs = {name: layout.split(name).open("w") for name in SPLITS}
     counts = {name: Counter() for name in SPLITS}
@@ -218,11 +208,7 @@ def prepare_texts(params: Params, layout: Layout) -> dict:
             kept.append((line, text))
     if len(kept) < 3:
         raise CorpusError(raw, None, f"need at least 3 distinct texts to split, found {len(kept)}")
-    seed = corpus.split.seed
-    rest, test_part = train_test_split(kept, test_size=corpus.split.test, random_state=seed)
-    train_part, val_part = train_test_split(rest, test_size=corpus.split.val / (1 - corpus.split.test),
-                                            random_state=seed)
-    splits = {"train": train_part, "val": val_part, "test": test_part}
+    splits = random_splits(kept, corpus.split)
     layout.prepared_dir.mkdir(parents=True, exist_ok=True)
     for name in SPLITS:
         with layout.split(name).open("w") as out:
