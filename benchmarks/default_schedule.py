@@ -1,7 +1,9 @@
 """Measure candidate default training schedules over several seeds on the prepared corpus (CPU or GPU).
 
-Each (schedule, seed) trains and evaluates in its own scratch project that reuses this project's
-data/prepared/, so the test split is the one `dvc repro` uses. Prints and writes one JSON row per run.
+Each (schedule, seed) trains and evaluates in its own scratch project that reuses the project's data/prepared/
+(run `dvc repro ... prepare` there first), so the test split is the one `dvc repro` uses. Any task and any
+pipeline directory (`--project pipelines/wnut-ner`). Prints and writes one JSON row per run. Choose a schedule on
+the validation history over several seeds; the test column is for reporting.
 
     python benchmarks/default_schedule.py --out benchmarks/results/schedule-cpu.json \
         --schedule 'lr=3e-5,warmup_ratio=0.1' --schedule 'lr=5e-5' --seeds 0 1 2
@@ -47,7 +49,8 @@ def run_one(project: Path, scratch: Path, overrides: dict, seed: int) -> dict:
     fit_s = time.perf_counter() - start
     metrics = evaluate(params, layout)
     history = (layout.reports_dir / "plots" / "val_metrics.csv").read_text().strip().splitlines()
-    return {"schedule": overrides, "seed": seed, "test": {k: metrics[k] for k in ("accuracy", "macro_f1")},
+    scores = {k: v for k, v in metrics.items() if isinstance(v, float)}  # accuracy/macro_f1, or f1/precision/...
+    return {"schedule": overrides, "seed": seed, "test": scores,
             "val_history": history, "fit_s": round(fit_s, 1)}
 
 
