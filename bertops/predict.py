@@ -7,16 +7,18 @@ from pathlib import Path
 from bertops.errors import BertopsError
 
 
-def _read_inputs(texts: list[str], file: Path | None, pairs: bool) -> list:
+def _read_texts(texts: list[str], file: Path | None) -> list[str]:
     if file is not None:
         if not file.is_file():
             raise BertopsError(f"{file}: file not found")
         texts = texts + [line.strip() for line in file.read_text().splitlines() if line.strip()]
     if not texts:
         raise BertopsError("predict: give text(s) as arguments or --file with one text per line")
-    if not pairs:
-        return texts
-    inputs = []  # sentence pairs: "first<TAB>second"
+    return texts
+
+
+def _split_pairs(texts: list[str]) -> list[dict]:
+    inputs = []  # sentence pairs (or question and context): "first<TAB>second"
     for i, text in enumerate(texts, start=1):
         first, sep, second = text.partition("\t")
         if not sep:
@@ -26,10 +28,10 @@ def _read_inputs(texts: list[str], file: Path | None, pairs: bool) -> list:
     return inputs
 
 
-def predict(model_uri: str | None, texts: list[str], file: Path | None, params_path: Path, root: Path,
-            pairs: bool = False) -> list[dict]:
+def _load_registered(model_uri: str | None, params_path: Path, root: Path):
+    """The registered model (default: the champion of registry.model_name): a transformers pipeline, or for
+    extractive QA a pyfunc model (bertops.qa.pyfunc). Returns (model, uri, is_pyfunc)."""
     import mlflow
-    from transformers import TokenClassificationPipeline
 
     from bertops import tracking
     from bertops.config import load_params
@@ -39,13 +41,23 @@ def predict(model_uri: str | None, texts: list[str], file: Path | None, params_p
     tracking.configure(params, Layout(root.resolve()))
     model_uri = model_uri or f"models:/{params.registry.model_name}@champion"
     try:
-        flavors = mlflow.models.get_model_info(model_uri).flavors
-        is_qa = "transformers" not in flavors  # extractive QA is a pyfunc model (bertops.qa.pyfunc)
-        model = mlflow.pyfunc.load_model(model_uri) if is_qa else mlflow.transformers.load_model(model_uri)
+        is_pyfunc = "transformers" not in mlflow.models.get_model_info(model_uri).flavors
+        model = mlflow.pyfunc.load_model(model_uri) if is_pyfunc else mlflow.transformers.load_model(model_uri)
     except mlflow.exceptions.MlflowException as exc:
         raise BertopsError(f"cannot load {model_uri}: {exc.message}") from None
-    inputs = _read_inputs(texts, file, pairs or is_qa)  # QA: "question<TAB>context"
-    texts = [x if isinstance(x, str) else f"{x['text']}\t{x['text_pair']}" for x in inputs]
+    return model, model_uri, is_pyfunc
+
+
+def predict(model_uri: str | None, texts: list[str], file: Path | None, params_path: Path, root: Path,
+            pairs: bool = False) -> list[dict]:
+    from transformers import TokenClassificationPipeline
+
+    texts = _read_texts(texts, file)  # bad input stops before the model is loaded
+    pair_inputs = _split_pairs(texts) if pairs else None
+    model, model_uri, is_qa = _load_registered(model_uri, params_path, root)
+    if is_qa and pair_inputs is None:
+        pair_inputs = _split_pairs(texts)  # QA: "question<TAB>context"
+    inputs = pair_inputs or texts
     if is_qa:
         import pandas as pd
 
@@ -76,26 +88,15 @@ def format_row(row: dict) -> str:
 
 def fill_mask(model_uri: str | None, texts: list[str], top_k: int, params_path: Path, root: Path) -> list[dict]:
     """Top-k fillers for each text's [MASK] (written as [MASK] whatever the model's own mask token is)."""
-    import mlflow
-
-    from bertops import tracking
-    from bertops.config import load_params
-    from bertops.layout import Layout
-
-    params = load_params(params_path)
-    tracking.configure(params, Layout(root.resolve()))
-    model_uri = model_uri or f"models:/{params.registry.model_name}@champion"
-    try:
-        model = mlflow.transformers.load_model(model_uri)
-    except mlflow.exceptions.MlflowException as exc:
-        raise BertopsError(f"cannot load {model_uri}: {exc.message}") from None
+    for text in texts:  # before the model is loaded
+        if text.count("[MASK]") != 1:
+            raise BertopsError(f"fill-mask: put exactly one [MASK] in each text: {text!r}")
+    model, model_uri, _ = _load_registered(model_uri, params_path, root)
     if getattr(model, "task", None) != "fill-mask":
         raise BertopsError(f"{model_uri} is a {getattr(model, 'task', '?')} model, not a masked-LM (fill-mask) one")
     rows = []
     for text in texts:
         masked = text.replace("[MASK]", model.tokenizer.mask_token)
-        if masked.count(model.tokenizer.mask_token) != 1:
-            raise BertopsError(f"fill-mask: put exactly one [MASK] in each text: {text!r}")
         fillers = model(masked, top_k=top_k)
         rows.append({"text": text, "fillers": [{"token": f["token_str"].strip(), "probability": round(float(
             f["score"]), 4)} for f in fillers]})

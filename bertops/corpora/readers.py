@@ -22,14 +22,16 @@ class Example:
     text_pair: str | None = None
 
 
-def detect_format(path: Path, fmt: str = "auto") -> str:
+def detect_format(path: Path, fmt: str = "auto", suffixes: dict[str, str] = SUFFIX_FORMATS) -> str:
+    """`fmt` unless it is "auto"; then the format the file's suffix names in `suffixes`."""
     if fmt != "auto":
         return fmt
     try:
-        return SUFFIX_FORMATS[path.suffix.lower()]
+        return suffixes[path.suffix.lower()]
     except KeyError:
+        formats = ", ".join(dict.fromkeys(suffixes.values()))
         raise CorpusError(path, None, f"cannot tell the format from suffix {path.suffix!r}: set corpus.format "
-                                      f"to one of csv, tsv, jsonl (known suffixes: {sorted(SUFFIX_FORMATS)})") from None
+                                      f"to one of {formats} (known suffixes: {sorted(suffixes)})") from None
 
 
 def _decode(path: Path, encoding: str) -> str:

@@ -7,10 +7,11 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from bertops.corpora.readers import SUFFIX_FORMATS, _decode, _records
+from bertops.corpora.readers import _decode, _records, detect_format
 from bertops.errors import CorpusError
 
-TOKEN_SUFFIX_FORMATS = {**SUFFIX_FORMATS, ".conll": "conll", ".bio": "conll", ".iob": "conll", ".txt": "conll"}
+TOKEN_SUFFIX_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".conll": "conll", ".bio": "conll", ".iob": "conll",
+                        ".txt": "conll"}
 SCHEME_PREFIXES = {"BIO": ("B", "I"), "BIOES": ("B", "I", "E", "S")}
 
 
@@ -22,13 +23,7 @@ class TokenExample:
 
 
 def detect_token_format(path: Path, fmt: str = "auto") -> str:
-    if fmt != "auto":
-        return fmt
-    try:
-        return TOKEN_SUFFIX_FORMATS[path.suffix.lower()]
-    except KeyError:
-        raise CorpusError(path, None, f"cannot tell the format from suffix {path.suffix!r}: set corpus.format to "
-                                      f"conll or jsonl (known suffixes: {sorted(TOKEN_SUFFIX_FORMATS)})") from None
+    return detect_format(path, fmt, TOKEN_SUFFIX_FORMATS)
 
 
 def check_tag(tag: str, scheme: str) -> str | None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import csv
 import json
-from collections import Counter
 import logging
+from collections import Counter
 
 import matplotlib
 
@@ -16,18 +16,13 @@ import mlflow  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support  # noqa: E402
-from transformers import (  # noqa: E402
-    AutoModelForMaskedLM,
-    AutoModelForQuestionAnswering,
-    AutoModelForSequenceClassification,
-    AutoModelForTokenClassification,
-    AutoTokenizer,
-)
+from transformers import AutoTokenizer  # noqa: E402
 
 from bertops import tracking  # noqa: E402
 from bertops.config import Params  # noqa: E402
 from bertops.inference import answer_questions, predict_proba, predict_word_tags  # noqa: E402
 from bertops.layout import Layout  # noqa: E402
+from bertops.modeling import AUTO_MODELS  # noqa: E402
 from bertops.ner_metrics import entity_scores, entity_spans  # noqa: E402
 from bertops.qa.metrics import question_scores, squad_scores  # noqa: E402
 from bertops.training.data import read_split  # noqa: E402
@@ -88,11 +83,16 @@ def _plot_learning_curve(layout: Layout, metric: str, path):
     plt.close(fig)
 
 
-def _score_sequences(params: Params, layout: Layout, labels: list[str], rows: list[dict]):
-    model = AutoModelForSequenceClassification.from_pretrained(layout.model_dir, dtype=torch.float32)
+def _load_checkpoint(params: Params, layout: Layout):
+    """The trained checkpoint with the task's head (float32, on the GPU when there is one) and its tokenizer."""
+    model = AUTO_MODELS[params.task.type].from_pretrained(layout.model_dir, dtype=torch.float32)
     if torch.cuda.is_available():
         model.cuda()
-    tokenizer = AutoTokenizer.from_pretrained(layout.model_dir)
+    return model.eval(), AutoTokenizer.from_pretrained(layout.model_dir)
+
+
+def _score_sequences(params: Params, layout: Layout, labels: list[str], rows: list[dict]):
+    model, tokenizer = _load_checkpoint(params, layout)
     pairs = [r["text_pair"] for r in rows] if rows and "text_pair" in rows[0] else None
     probs = predict_proba(model, tokenizer, [r["text"] for r in rows], pairs, max_length=params.model.max_length,
                           batch_size=params.train.eval_batch_size)
@@ -112,10 +112,7 @@ def _entity_type(tag: str) -> str:
 
 
 def _score_tokens(params: Params, layout: Layout, labels: list[str], rows: list[dict]):
-    model = AutoModelForTokenClassification.from_pretrained(layout.model_dir, dtype=torch.float32)
-    if torch.cuda.is_available():
-        model.cuda()
-    tokenizer = AutoTokenizer.from_pretrained(layout.model_dir)
+    model, tokenizer = _load_checkpoint(params, layout)
     gold = [list(r["tags"]) for r in rows]
     pred = predict_word_tags(model, tokenizer, [list(r["tokens"]) for r in rows],
                              max_length=params.model.max_length, batch_size=params.train.eval_batch_size)
@@ -139,10 +136,7 @@ def _score_tokens(params: Params, layout: Layout, labels: list[str], rows: list[
 
 def _score_questions(params: Params, layout: Layout, labels: list[str], rows: list[dict]):
     task = params.task
-    model = AutoModelForQuestionAnswering.from_pretrained(layout.model_dir, dtype=torch.float32)
-    if torch.cuda.is_available():
-        model.cuda()
-    tokenizer = AutoTokenizer.from_pretrained(layout.model_dir)
+    model, tokenizer = _load_checkpoint(params, layout)
     answers = answer_questions(model, tokenizer, rows, max_length=params.model.max_length,
                                doc_stride=task.doc_stride, batch_size=params.train.eval_batch_size,
                                n_best=task.n_best, max_answer_length=task.max_answer_length,
@@ -163,19 +157,15 @@ def _score_questions(params: Params, layout: Layout, labels: list[str], rows: li
 def _score_masked_lm(params: Params, layout: Layout, labels: list[str], rows: list[dict]):
     """Perplexity and top-1 accuracy on the test split's masked tokens, masked exactly as validation masks
     (fixed per example), so versions trained on the same split compare."""
-    from bertops.mlm.masking import IGNORE_INDEX, MaskingCollator, encode_texts
-    from bertops.stages.train import masking_options
+    from bertops.mlm.masking import IGNORE_INDEX, MaskingCollator, encode_texts, masking_options
 
-    model = AutoModelForMaskedLM.from_pretrained(layout.model_dir, dtype=torch.float32)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model.to(device).eval()
-    tokenizer = AutoTokenizer.from_pretrained(layout.model_dir)
+    model, tokenizer = _load_checkpoint(params, layout)
     features = encode_texts(rows, tokenizer, params.model.max_length)
     collate = MaskingCollator(tokenizer, seed=params.train.seed, fixed=True, **masking_options(params.task))
     per_example, gold_ids, pred_ids = [], [], []
     size = params.train.eval_batch_size
     for start in range(0, len(features), size):
-        batch = {k: v.to(device) for k, v in collate(features[start:start + size]).items()}
+        batch = {k: v.to(model.device) for k, v in collate(features[start:start + size]).items()}
         logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits.float()
         labels_ = batch["labels"]
         losses = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels_, ignore_index=IGNORE_INDEX,
@@ -207,8 +197,7 @@ def evaluate(params: Params, layout: Layout) -> dict:
     labels = json.loads(layout.labels_file.read_text())
     rows = read_split(layout.split("test"))
     score = {"token_classification": _score_tokens, "question_answering": _score_questions,
-             "masked_lm": _score_masked_lm}.get(
-        params.task.type, _score_sequences)
+             "masked_lm": _score_masked_lm}.get(params.task.type, _score_sequences)
     metrics, predictions, matrix, matrix_labels = score(params, layout, labels, rows)
     metrics["metric"] = params.task.metric
 

@@ -19,6 +19,7 @@ from bertops import tracking
 from bertops.config import Params, flat_params, metric_mode, params_hash
 from bertops.errors import BertopsError
 from bertops.layout import Layout
+from bertops.mlm.masking import masking_options
 from bertops.modeling import add_tokens, load_classifier, load_tokenizer, resolve_model_path
 from bertops.training.data import FineTuneData
 from bertops.training.mlflow_logging import MlflowMetricsLogger
@@ -70,13 +71,6 @@ def _write_history(client: MlflowClient, run_id: str, layout: Layout, val_keys: 
         writer.writerow(["epoch", "step", *val])
         for epoch, step in enumerate(steps, start=1):
             writer.writerow([epoch, step, *(f"{val[k].get(step, float('nan')):.6f}" for k in val)])
-
-
-def masking_options(task) -> dict | None:
-    if task.type != "masked_lm":
-        return None
-    return {"probability": task.mlm_probability, "masking": task.masking, "replace_prob": task.mask_replace_prob,
-            "random_prob": task.random_replace_prob, "span_mean": task.span_mean_length}
 
 
 def train(params: Params, layout: Layout) -> dict:

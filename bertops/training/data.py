@@ -74,15 +74,17 @@ class EncodedSplit(Dataset):
 
 
 class QuestionCollator:
-    """Pads model inputs; keeps each window's index (for decoding) and drops the decoding-only fields."""
+    """Pads model inputs and drops the decoding-only fields; for training and validation it keeps the answer
+    positions and each window's index (validation decodes by it), for inference (`inputs_only`) neither."""
 
-    def __init__(self, tokenizer):
+    def __init__(self, tokenizer, inputs_only: bool = False):
         self.pad = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8)
+        self.drop = {"example_index", "offset_mapping"}
+        if inputs_only:
+            self.drop |= {"feature_index", "start_positions", "end_positions"}
 
     def __call__(self, features):
-        drop = ("example_index", "offset_mapping")
-        batch = self.pad([{k: v for k, v in f.items() if k not in drop} for f in features])
-        return batch
+        return self.pad([{k: v for k, v in f.items() if k not in self.drop} for f in features])
 
 
 class FineTuneData(L.LightningDataModule):
