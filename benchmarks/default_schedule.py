@@ -2,7 +2,8 @@
 
 Each (schedule, seed) trains and evaluates in its own scratch project that reuses the project's data/prepared/
 (run `dvc repro ... prepare` there first), so the test split is the one `dvc repro` uses. Any task and any
-pipeline directory (`--project pipelines/wnut-ner`). Prints and writes one JSON row per run. Choose a schedule on
+pipeline directory (`--project pipelines/wnut-ner`), including a chained fine-tune whose model is an upstream pipeline's output
+(`--project pipelines/mr-tapt/finetune`, after `dvc repro` built it). Prints and writes one JSON row per run. Choose a schedule on
 the validation history over several seeds; the test column is for reporting.
 
     python benchmarks/default_schedule.py --out benchmarks/results/schedule-cpu.json \
@@ -37,6 +38,9 @@ def run_one(project: Path, scratch: Path, overrides: dict, seed: int) -> dict:
     raw = yaml.safe_load((project / "params.yaml").read_text())
     raw["train"].update(overrides, seed=seed, resume=False)
     raw["tracking"]["uri"] = f"sqlite:///{scratch / 'mlflow.db'}"
+    local_model = project / raw["model"]["name_or_path"]
+    if local_model.exists():  # a path relative to the project (e.g. a chained pretrain's ../pretrain/models/best)
+        raw["model"]["name_or_path"] = str(local_model.resolve())
     params = parse_params(raw)
     if scratch.exists():
         shutil.rmtree(scratch)

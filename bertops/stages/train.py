@@ -20,7 +20,7 @@ from bertops.config import Params, flat_params, metric_mode, params_hash
 from bertops.errors import BertopsError
 from bertops.layout import Layout
 from bertops.mlm.masking import masking_options
-from bertops.modeling import add_tokens, load_classifier, load_tokenizer, resolve_model_path
+from bertops.modeling import add_tokens, carry_pooler, load_classifier, load_tokenizer, resolve_model_path
 from bertops.training.data import FineTuneData
 from bertops.training.mlflow_logging import MlflowMetricsLogger
 from bertops.training.module import (
@@ -149,6 +149,8 @@ def train(params: Params, layout: Layout) -> dict:
         shutil.rmtree(layout.model_dir)
     module.model.save_pretrained(layout.model_dir)
     tokenizer.save_pretrained(layout.model_dir)
+    if task.type == "masked_lm":  # the checkpoint may become a downstream model.name_or_path (DAPT/TAPT)
+        carry_pooler(params.model.name_or_path, params.model.revision, layout.model_dir)
 
     summary = {
         "best_val_" + params.task.metric: float(checkpoint.best_model_score),

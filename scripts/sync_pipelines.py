@@ -1,0 +1,48 @@
+"""Write pipelines/**/dvc.yaml from the root dvc.yaml: the same stages, code dependencies made relative to the
+pipeline directory, and, when the pipeline's model.name_or_path is another pipeline's output (a chained
+pretrain -> fine-tune), that checkpoint as a dependency of train, so `dvc repro` runs the upstream first and
+reruns only what changed. tests/test_pipelines_dirs.py fails when a file drifts from this.
+
+    python scripts/sync_pipelines.py            # rewrite every pipeline's dvc.yaml
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+TRAIN_DEPS = "  train:\n    cmd: bertops stage train\n    deps:\n"
+UPSTREAM_DEP = "      - ${model.name_or_path}  # the upstream pipeline's checkpoint: dvc repro runs that pipeline first\n"
+
+
+def pipeline_dirs() -> list[Path]:
+    return sorted(p.parent for p in (REPO / "pipelines").rglob("params.yaml"))
+
+
+def is_upstream_checkpoint(name_or_path: str) -> bool:
+    """A path into another pipeline of this repo (`../pretrain/models/best`), not a hub name."""
+    return name_or_path.startswith("../")
+
+
+def expected_dvc_yaml(pipeline_dir: Path) -> str:
+    prefix = "../" * len(pipeline_dir.relative_to(REPO).parts)
+    text = (REPO / "dvc.yaml").read_text().replace("      - bertops/", f"      - {prefix}bertops/")
+    params = yaml.safe_load((pipeline_dir / "params.yaml").read_text())
+    if is_upstream_checkpoint(str(params["model"]["name_or_path"])):
+        assert text.count(TRAIN_DEPS) == 1, "dvc.yaml's train stage no longer starts as expected"
+        text = text.replace(TRAIN_DEPS, TRAIN_DEPS + UPSTREAM_DEP)
+    return text
+
+
+def main() -> int:
+    for pipeline_dir in pipeline_dirs():
+        (pipeline_dir / "dvc.yaml").write_text(expected_dvc_yaml(pipeline_dir))
+        print(f"wrote {(pipeline_dir / 'dvc.yaml').relative_to(REPO)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
