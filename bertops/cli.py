@@ -43,6 +43,8 @@ def registry_command(args) -> None:
     if args.command == "promote":
         registry.promote(client, args.name, args.version, args.reason)
         print(f"{args.name} v{args.version} is now champion")
+    elif args.command == "review":
+        print(registry.review(client, args.name, args.version))
     elif args.command == "rollback":
         print(f"{args.name}: champion moved back to v{registry.rollback(client, args.name)}")
     elif args.data:
@@ -78,6 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
     prom.add_argument("name")
     prom.add_argument("version")
     prom.add_argument("--reason", required=True)
+    rev = sub.add_parser("review", help="the challenger (or VERSION) against the champion: metric, gate checks, "
+                                        "per-class F1")
+    rev.add_argument("name")
+    rev.add_argument("version", nargs="?")
     back = sub.add_parser("rollback", help="move champion back to the previous champion")
     back.add_argument("name")
     lin = sub.add_parser("lineage", help="a version's lineage tags, or the versions trained on a data hash")
@@ -107,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
             for row in fill_mask(args.model_uri, args.texts, args.top_k, args.params, args.root):
                 fillers = "  ".join(f"{f['token']} {f['probability']:.3f}" for f in row["fillers"])
                 print(json.dumps(row, ensure_ascii=False) if args.json else f"{row['text']}\n    {fillers}")
-        elif args.command in ("promote", "rollback", "lineage"):
+        elif args.command in ("promote", "review", "rollback", "lineage"):
             registry_command(args)
         elif args.command == "check-params":
             from bertops.config import load_params

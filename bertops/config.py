@@ -168,6 +168,12 @@ class RegistryParams(_Section):
     min_delta: float = Field(
         0.0, ge=0, description="the challenger must beat the champion's test metric by at least this"
     )
+    alpha: float = Field(
+        0.05, gt=0, le=1, description="the improvement must be significant at this level (paired one-sided test; "
+                                      "1 = no significance required)")
+    max_class_regression: float | None = Field(
+        0.05, ge=0, le=1, description="no class / entity type may lose more F1 than this; null = not checked")
+    bootstrap_samples: int = Field(1000, ge=100, le=100_000, description="resamples for the paired bootstrap")
 
 
 class TrackingParams(_Section):

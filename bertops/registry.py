@@ -3,14 +3,23 @@ rollback), and looking versions up by lineage."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import getpass
 import json
+import os
+import random
+import socket
+import tempfile
+import time
+from pathlib import Path
+
 
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from bertops.errors import BertopsError
+from bertops.gate import Evidence
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 HISTORY_TAG = "bertops.champion_history"  # on the registered model: JSON list of versions, oldest first
@@ -23,6 +32,69 @@ def current_champion(client: MlflowClient, name: str):
         if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
             return None
         raise
+
+
+def read_predictions(path: Path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def version_evidence(client: MlflowClient, mv) -> Evidence:
+    """A registered version's test results: its tags, and the reports/metrics.json and per-example
+    reports/test_predictions.jsonl its run carries (None when it has none: registered by an older bertops)."""
+    tags = mv.tags
+    metric = tags.get("bertops.metric")
+    metrics = {"metric": metric, metric: float(tags.get("bertops.test_value", "nan"))}
+    predictions = None
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in ("metrics.json", "test_predictions.jsonl"):
+            try:
+                path = client.download_artifacts(mv.run_id, f"reports/{name}", dst_path=tmp)
+            except (MlflowException, OSError):
+                continue
+            if name == "metrics.json":
+                metrics = {**json.loads(Path(path).read_text()), **metrics}
+            else:
+                predictions = read_predictions(path)
+    return Evidence.from_reports(metrics, predictions, tags.get("bertops.test_split_sha256", "unknown"))
+
+
+LOCK_SUFFIX = ".bertops-gate-lock"
+
+
+@contextlib.contextmanager
+def gate_lock(client: MlflowClient, name: str, wait_s: float = 600, stale_s: float = 1800):
+    """Serialise gate decisions for one registered model across processes and machines sharing the registry.
+
+    MLflow has no compare-and-set for aliases, but creating a registered model is atomic (its name is unique in
+    the registry's database), so the lock is a registered model named `<name>.bertops-gate-lock` that exists
+    while a decision is being made. A lock older than `stale_s` (its holder died) is broken."""
+    lock = name + LOCK_SUFFIX
+    holder = f"{getpass.getuser()}@{socket.gethostname()}:{os.getpid()}"
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            client.create_registered_model(
+                lock, tags={"bertops.lock_holder": holder, "bertops.lock_since": str(time.time())},
+                description=f"bertops: a promotion decision for {name!r} is in progress (deleted when done)")
+            break
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+        try:
+            tags = client.get_registered_model(lock).tags
+            if time.time() - float(tags.get("bertops.lock_since", "inf")) > stale_s:
+                client.delete_registered_model(lock)  # the holder died mid-decision
+                continue
+        except MlflowException:
+            continue  # released between our two calls: try again at once
+        if time.monotonic() > deadline:
+            raise BertopsError(f"another registration of {name!r} has held the promotion lock for over {wait_s:.0f} s "
+                               f"({lock!r} in the registry); if no registration is running, delete that model")
+        time.sleep(0.2 + random.random() * 0.3)
+    try:
+        yield
+    finally:
+        client.delete_registered_model(lock)
 
 
 def champion_history(client: MlflowClient, name: str) -> list[str]:
@@ -85,3 +157,41 @@ def versions_trained_on(client: MlflowClient, data_hash: str) -> list[tuple[str,
         for mv in client.search_model_versions(f"tags.`{key}` = '{data_hash}'"):
             found.add((mv.name, str(mv.version)))
     return sorted(found, key=lambda nv: (nv[0], int(nv[1])))
+
+
+def _alias_version(client: MlflowClient, name: str, alias: str):
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+
+
+def review(client: MlflowClient, name: str, version: str | None = None) -> str:
+    """Challenger (or VERSION) against the champion, as a reviewer reads it in a terminal: the metric, the gate's
+    checks with their numbers, and per-class F1 side by side."""
+    champion = current_champion(client, name)
+    candidate = _get_version(client, name, version) if version else _alias_version(client, name, CHALLENGER)
+    if candidate is None:
+        versions = client.search_model_versions(f"name = '{name}'")
+        if not versions:
+            raise BertopsError(f"no registered model {name!r} (or it has no versions)")
+        candidate = max(versions, key=lambda mv: int(mv.version))
+    lines = [f"{name}: reviewing v{candidate.version} against champion "
+             f"{'v' + str(champion.version) if champion else '(none)'}"]
+    shown = [("candidate", candidate)] + ([("champion", champion)] if champion and champion.version != candidate.version else [])
+    tags = candidate.tags
+    metric = tags.get("bertops.metric", "?")
+    for role, mv in shown:
+        lines.append(f"  {role:<9} v{mv.version}: test {metric} {mv.tags.get('bertops.test_value', '?')}  "
+                     f"decision {mv.tags.get('bertops.decision', '?')}  run {mv.run_id}")
+    lines.append(f"  decision: {tags.get('bertops.decision', '?')} - {tags.get('bertops.decision_reason', '')}")
+    for key in sorted(k for k in tags if k.startswith("bertops.gate.")):
+        lines.append(f"    {key.removeprefix('bertops.gate.')}: {tags[key]}")
+    per_class = {role: version_evidence(client, mv).class_f1 for role, mv in shown}
+    if per_class.get("candidate"):
+        lines.append(f"  {'class / type':<20} {'champion':>9} {'candidate':>9} {'change':>8}")
+        for label, value in sorted(per_class["candidate"].items()):
+            before = per_class.get("champion", {}).get(label)
+            change = f"{value - before:+.4f}" if before is not None else ""
+            lines.append(f"  {label:<20} {'' if before is None else f'{before:.4f}':>9} {value:>9.4f} {change:>8}")
+    return "\n".join(lines)

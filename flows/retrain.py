@@ -1,5 +1,6 @@
-"""The retraining flow: sync the data, run the DVC stages one by one as Prefect tasks (an unchanged corpus and
-unchanged params skip training), then publish the promotion decision as a markdown artifact.
+"""The retraining flow: sync the data, run the DVC stages one by one as Prefect tasks, then publish the
+promotion decision as a markdown artifact. Training is skipped (and the artifact says why) when nothing changed
+since the last run, or when the champion was trained on this same prepared corpus with these same params.
 
 Runs in Prefect's ephemeral mode with no server:  python flows/retrain.py [--force]
 """
@@ -15,6 +16,8 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
+
+from bertops.model_card import metrics_markdown
 
 STAGES = ("import", "prepare", "train", "evaluate", "register")
 SKIPPED_MARKER = "didn't change, skipping"
@@ -66,9 +69,38 @@ def run_stage(stage: str, project_dir: str, force: bool = False) -> str:
     return "skipped" if any(SKIPPED_MARKER in line for line in lines) else "ran"
 
 
-def decision_markdown(states: dict[str, str], registration: dict | None, metrics: dict | None) -> str:
+@task(name="compare-with-champion")
+def unchanged_since_champion(project_dir: str) -> str | None:
+    """The champion's version when it was trained on exactly this prepared corpus (DVC md5) with these params;
+    then retraining would only repeat it."""
+    from mlflow import MlflowClient
+
+    from bertops import lineage, registry, tracking
+    from bertops.config import load_params, params_hash
+    from bertops.layout import Layout
+
+    root = Path(project_dir)
+    params = load_params(root / "params.yaml")
+    tracking.configure(params, Layout(root))
+    champion = registry.current_champion(MlflowClient(), params.registry.model_name)
+    if champion is None:
+        return None
+    prepared = lineage.dvc_out_hashes(root).get("data/prepared")
+    same_data = prepared is not None and champion.tags.get("bertops.data_prepared_md5") == prepared
+    same_params = champion.tags.get("bertops.params_hash") == params_hash(params)
+    get_run_logger().info("champion v%s: same prepared data %s (md5 %s), same params %s",
+                          champion.version, same_data, prepared, same_params)
+    return str(champion.version) if same_data and same_params else None
+
+
+def decision_markdown(states: dict[str, str], registration: dict | None, metrics: dict | None,
+                      champion_unchanged: str | None = None) -> str:
     rows = "\n".join(f"| {stage} | {state} |" for stage, state in states.items())
     text = f"## Retraining\n\n| stage | state |\n| --- | --- |\n{rows}\n\n"
+    if champion_unchanged:
+        return text + (f"**No new version**: champion v{champion_unchanged} was trained on this same prepared corpus "
+                       "(DVC md5) with these same params, so training was skipped. Run with `--force` to "
+                       "retrain anyway.\n")
     if states.get("register") != "ran" or registration is None:
         return text + "**No new version**: the corpus, code and params are unchanged since the last run, " \
                       "so nothing was retrained or registered.\n"
@@ -80,26 +112,12 @@ def decision_markdown(states: dict[str, str], registration: dict | None, metrics
              f"| challenger | v{reg['version']} | {reg['challenger_value']:.4f} |\n"
              f"| champion before | {champion.split(':')[0]} | {champion.split(': ')[-1]} |\n\n"
              f"Reason: {reg['reason']}\n\nModel: `models:/{reg['model_name']}/{reg['version']}`\n")
+    if reg.get("checks"):
+        text += "\n| check | result | detail |\n| --- | --- | --- |\n" + "".join(
+            f"| {c['name']} | {'passed' if c['passed'] else '**failed**'} | {c['detail']} |\n" for c in reg["checks"])
     if metrics:
         text += "\n### Test metrics\n" + metrics_markdown(metrics)
     return text
-
-
-def metrics_markdown(metrics: dict) -> str:
-    """The headline numbers and a per-class (or, for token classification, per-entity-type) table."""
-    if "per_type" not in metrics and "per_class" not in metrics:  # question answering
-        parts = [f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float)]
-        return ", ".join(parts) + f" ({metrics.get('questions')} questions)\n"
-    if "per_type" in metrics:
-        kind, table = "entity type", metrics["per_type"]
-        head = (f"entity F1 {metrics['f1']:.4f} (precision {metrics['precision']:.4f}, recall "
-                f"{metrics['recall']:.4f}, {metrics['entities']} entities)")
-    else:
-        kind, table = "class", metrics["per_class"]
-        head = f"accuracy {metrics['accuracy']:.4f}, macro F1 {metrics['macro_f1']:.4f}"
-    rows = "\n".join(f"| {label} | {s['precision']:.3f} | {s['recall']:.3f} | {s['f1']:.3f} | {s['support']} |"
-                     for label, s in table.items())
-    return f"{head}\n\n| {kind} | precision | recall | F1 | support |\n| --- | --- | --- | --- | --- |\n{rows}\n"
 
 
 @flow(name="bertops-retrain", log_prints=True)
@@ -113,15 +131,25 @@ def retrain(project_dir: str = ".", force: bool = False, sync: bool = True) -> d
     if sync:
         sync_data(str(root))
     states: dict[str, str] = {}
+    champion_unchanged = None
     for stage in STAGES:
+        if stage == "train" and not force:
+            champion_unchanged = unchanged_since_champion(str(root))
+        if champion_unchanged:
+            states[stage] = "skipped"
+            continue
         states[stage] = run_stage(stage, str(root), force=force)
+    if champion_unchanged:
+        get_run_logger().info("champion v%s already has this corpus and these params: nothing retrained "
+                              "(--force retrains)", champion_unchanged)
     registration = metrics = None
     if states["register"] == "ran":
         registration = json.loads((root / "reports" / "registration.json").read_text())
         metrics = json.loads((root / "reports" / "metrics.json").read_text())
-    create_markdown_artifact(key="promotion-decision", markdown=decision_markdown(states, registration, metrics),
+    create_markdown_artifact(key="promotion-decision",
+                             markdown=decision_markdown(states, registration, metrics, champion_unchanged),
                              description="bertops retraining: stage states and the promotion decision")
-    return {"stages": states, "registration": registration}
+    return {"stages": states, "registration": registration, "champion_unchanged": champion_unchanged}
 
 
 def main(argv: list[str] | None = None) -> None:

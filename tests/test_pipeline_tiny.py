@@ -13,7 +13,8 @@ from bertops.layout import Layout
 from bertops.stages.evaluate import evaluate
 from bertops.stages.import_corpus import import_corpus
 from bertops.stages.prepare import prepare
-from bertops.stages.register import decide, register
+from bertops.stages.evaluate import classification_metrics
+from bertops.stages.register import register
 from bertops.stages.train import train
 
 LINEAGE_TAGS = ("bertops.git_commit", "bertops.git_dirty", "bertops.data_raw_md5", "bertops.data_prepared_md5",
@@ -67,10 +68,21 @@ def test_training_run_logged_to_mlflow(trained):
     assert len(val_points) == summary["epochs_trained"]
 
 
-def _set_test_accuracy(layout, value):
-    metrics = json.loads(layout.metrics_file.read_text())
-    metrics["accuracy"] = value
-    layout.metrics_file.write_text(json.dumps(metrics))
+def _set_test_results(layout, labels, wrong: int, new_run: bool = True):
+    """Rewrite evaluate's outputs as if the model got the first `wrong` test examples wrong (predictions and
+    metrics kept consistent), in a fresh MLflow run as a new training would have; returns the accuracy."""
+    rows = [json.loads(line) for line in layout.predictions_file.read_text().splitlines()]
+    for i, row in enumerate(rows):
+        row["correct"] = i >= wrong
+        row["predicted"] = row["label"] if row["correct"] else next(x for x in labels if x != row["label"])
+    layout.predictions_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    metrics = classification_metrics([labels.index(r["label"]) for r in rows],
+                                     [labels.index(r["predicted"]) for r in rows], labels)
+    layout.metrics_file.write_text(json.dumps({**metrics, "metric": "accuracy"}))
+    if new_run:
+        run = MlflowClient().create_run(json.loads(layout.train_run_file.read_text())["experiment_id"])
+        tracking.write_train_run(layout, run.info.run_id, run.info.experiment_id)
+    return metrics["accuracy"]
 
 
 def test_promotion_gate_both_ways(trained):
@@ -78,8 +90,10 @@ def test_promotion_gate_both_ways(trained):
     name = params.registry.model_name
     store = tracking.tracking_uri(params, layout.root)
     client = MlflowClient(tracking_uri=store, registry_uri=store)
+    labels = json.loads(layout.labels_file.read_text())
+    tracking.configure(params, layout)
 
-    _set_test_accuracy(layout, 0.90)
+    _set_test_results(layout, labels, wrong=12, new_run=False)  # the run training logged to
     first = register(params, layout)
     assert first["decision"] == "champion" and first["reason"] == "no champion yet"
     champion = client.get_model_version_by_alias(name, "champion")
@@ -87,22 +101,50 @@ def test_promotion_gate_both_ways(trained):
     for tag in LINEAGE_TAGS:
         assert champion.tags.get(tag) not in (None, ""), tag
     assert champion.tags["bertops.run_id"] == summary["run_id"]
+    assert "# tiny-sentiment v1" in champion.description and "no champion yet" in champion.description
 
-    _set_test_accuracy(layout, 0.85)  # worse: the alias stays, the version is tagged with why
+    _set_test_results(layout, labels, wrong=14)  # worse: the alias stays, the version is tagged with why
     worse = register(params, layout)
     assert worse["decision"] == "challenger"
     assert str(client.get_model_version_by_alias(name, "champion").version) == first["version"]
     assert str(client.get_model_version_by_alias(name, "challenger").version) == worse["version"]
     tags = client.get_model_version(name, worse["version"]).tags
     assert tags["bertops.decision"] == "challenger"
-    assert "does not reach min_delta" in tags["bertops.decision_reason"]
+    assert tags["bertops.gate.min_delta"].startswith("failed: test accuracy")
     assert json.loads(layout.registration_file.read_text())["decision"] == "challenger"
 
-    _set_test_accuracy(layout, 0.95)  # better: the alias moves
+    _set_test_results(layout, labels, wrong=11)  # better by one example: not significant, the alias stays
+    lucky = register(params, layout)
+    tags = client.get_model_version(name, lucky["version"]).tags
+    assert lucky["decision"] == "challenger" and tags["bertops.gate.min_delta"].startswith("passed")
+    assert tags["bertops.gate.significance"].startswith("failed: mcnemar_exact p=0.5 (1 examples only the challenger")
+    assert str(client.get_model_version_by_alias(name, "champion").version) == first["version"]
+
+    _set_test_results(layout, labels, wrong=0)  # right on the 12 the champion missed: p = 0.5 ** 12
     better = register(params, layout)
-    assert better["decision"] == "champion"
+    assert better["decision"] == "champion" and better["p_value"] == pytest.approx(0.5 ** 12)
     assert str(client.get_model_version_by_alias(name, "champion").version) == better["version"]
     assert client.get_model_version(name, first["version"]).tags["bertops.replaced_by"] == better["version"]
+    card = (layout.reports_dir / "model_card.md").read_text()
+    assert card == client.get_model_version(name, better["version"]).description
+    for expected in ("## Intended use", "| significance | passed | mcnemar_exact p=0.0002441", "## Limitations",
+                     f"champion v{first['version']}", "| train.lr |"):
+        assert expected in card, expected
+    artifacts = {f.path for f in client.list_artifacts(better["run_id"], "reports")}
+    assert {"reports/model_card.md", "reports/test_predictions.jsonl", "reports/class_changes.png"} <= artifacts
+
+
+def test_review_prints_the_gate_for_a_reviewer(trained, capsys):
+    """Builds on the versions test_promotion_gate_both_ways registered."""
+    from bertops.cli import main
+
+    params, layout, _, _ = trained
+    base = ["--root", str(layout.root), "--params", str(layout.params)]
+    assert main([*base, "review", params.registry.model_name, "3"]) == 0
+    out = capsys.readouterr().out
+    assert "reviewing v3 against champion v4" in out
+    assert "significance: failed: mcnemar_exact p=0.5" in out
+    assert "positive" in out and "negative" in out  # per-class F1 side by side
 
 
 def test_registered_model_loads_by_alias_and_predicts(trained):
@@ -115,26 +157,6 @@ def test_registered_model_loads_by_alias_and_predicts(trained):
     classifier = mlflow.transformers.load_model(uri)
     out = classifier(["the movie was great and charming", "the film was awful and boring"])
     assert [o["label"] for o in out] == ["positive", "negative"]
-
-
-class _Version:
-    def __init__(self, value, split="s1", metric="accuracy"):
-        self.version = "3"
-        self.tags = {"bertops.metric": metric, "bertops.test_value": repr(value), "bertops.test_split_sha256": split}
-
-
-@pytest.mark.parametrize("value,champion,min_delta,promote,why", [
-    (0.80, None, 0.0, True, "no champion yet"),
-    (0.86, _Version(0.85), 0.0, True, "beats champion v3"),
-    (0.85, _Version(0.85), 0.0, False, "must be > 0"),
-    (0.855, _Version(0.85), 0.01, False, "does not reach min_delta 0.01"),
-    (0.87, _Version(0.85), 0.01, True, "beats"),
-    (0.99, _Version(0.85, split="other"), 0.0, False, "different test split"),
-    (0.99, _Version(0.85, metric="macro_f1"), 0.0, False, "not comparable"),
-])
-def test_decide(value, champion, min_delta, promote, why):
-    decision = decide(metric="accuracy", value=value, test_split="s1", min_delta=min_delta, champion=champion)
-    assert decision.promote is promote and why in decision.reason
 
 
 def test_missing_model_is_a_clear_error(tmp_path, tiny_project):
@@ -229,7 +251,7 @@ def test_configure_does_not_leak_the_store_into_the_environment(tmp_path, tiny_p
 
 
 def test_manual_promotion_rollback_and_lineage_lookup(trained, capsys):
-    """Builds on the versions test_promotion_gate_both_ways registered (champion history 1 -> 3)."""
+    """Builds on the versions test_promotion_gate_both_ways registered (champion history 1 -> 4)."""
     from bertops.cli import main
     from bertops.registry import champion_history
 
@@ -238,7 +260,7 @@ def test_manual_promotion_rollback_and_lineage_lookup(trained, capsys):
     store = tracking.tracking_uri(params, layout.root)
     client = MlflowClient(tracking_uri=store, registry_uri=store)
     base = ["--root", str(layout.root), "--params", str(layout.params)]
-    assert champion_history(client, name) == ["1", "3"]
+    assert champion_history(client, name) == ["1", "4"]
 
     assert main([*base, "promote", name, "2", "--reason", "reviewed by hand: better on the new slice"]) == 0
     assert str(client.get_model_version_by_alias(name, "champion").version) == "2"
@@ -247,7 +269,7 @@ def test_manual_promotion_rollback_and_lineage_lookup(trained, capsys):
     assert tags["bertops.manual_promotion_by"]
 
     assert main([*base, "rollback", name]) == 0
-    assert str(client.get_model_version_by_alias(name, "champion").version) == "3"
+    assert str(client.get_model_version_by_alias(name, "champion").version) == "4"
     assert main([*base, "rollback", name]) == 0
     assert str(client.get_model_version_by_alias(name, "champion").version) == "1"
     capsys.readouterr()

@@ -36,6 +36,7 @@ def test_flow_runs_stages_skips_unchanged_and_gates(tiny_project):
     assert second["registration"] is None
 
     params = yaml.safe_load((root / "params.yaml").read_text())
+    first_lr = params["train"]["lr"]
     params["train"]["lr"] = 1e-7  # cannot learn anything in 6 short epochs
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     third = run_flow(root)
@@ -53,6 +54,14 @@ def test_flow_runs_stages_skips_unchanged_and_gates(tiny_project):
     assert tags["bertops.data_prepared_md5"] == lock["prepare"]["outs"][0]["md5"]
     assert tags["bertops.git_dirty"] == "true"  # params.yaml was edited and not committed
     assert len(tags["bertops.git_commit"]) == 40
+
+    # back to the champion's params: DVC sees a changed param, but the champion already is that model
+    params["train"]["lr"] = first_lr
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    fourth = run_flow(root)
+    assert fourth["champion_unchanged"] == "1"
+    assert fourth["stages"]["train"] == fourth["stages"]["register"] == "skipped"
+    assert len(client.search_model_versions("name = 'tiny-sentiment'")) == 2
 
 
 def test_decision_markdown_for_a_skipped_run():

@@ -219,7 +219,8 @@ def evaluate(params: Params, layout: Layout) -> dict:
         flat.update({f"test_{label}_{k}": float(v) for k, v in scores.items() if k != "support"})
     with mlflow.start_run(run_id=run_id):
         mlflow.log_metrics(flat)
-        for name in ("metrics.json", "confusion_matrix.png", "learning_curve.png"):
+        # test_predictions.jsonl: the per-example results the next version's paired significance test needs
+        for name in ("metrics.json", "test_predictions.jsonl", "confusion_matrix.png", "learning_curve.png"):
             mlflow.log_artifact(str(reports / name), artifact_path="reports")
     log.info("test %s = %.4f", params.task.metric, metrics[params.task.metric])
     return metrics

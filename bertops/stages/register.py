@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass
-
+from dataclasses import asdict
 from pathlib import Path
 
 import mlflow
@@ -14,48 +13,16 @@ from mlflow import MlflowClient
 from transformers import AutoTokenizer, pipeline
 
 import bertops
-from bertops import lineage, tracking
-from bertops.config import Params, metric_mode, params_hash
+from bertops import lineage, model_card, tracking
+from bertops.config import Params, params_hash
 from bertops.errors import BertopsError
+from bertops.gate import Decision, Evidence, decide
 from bertops.layout import Layout
 from bertops.modeling import AUTO_MODELS
-from bertops.registry import CHALLENGER, CHAMPION, current_champion, move_champion
+from bertops.registry import (CHALLENGER, CHAMPION, current_champion, gate_lock, move_champion, read_predictions,
+                              version_evidence)
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Decision:
-    promote: bool
-    reason: str
-    metric: str
-    challenger_value: float
-    champion_version: str | None = None
-    champion_value: float | None = None
-
-
-def decide(*, metric: str, value: float, test_split: str, min_delta: float, champion) -> Decision:
-    """The gate. `champion` is the current champion ModelVersion (or None)."""
-    if champion is None:
-        return Decision(True, "no champion yet", metric, value)
-    tags = champion.tags
-    base = {"metric": metric, "challenger_value": value, "champion_version": str(champion.version)}
-    if tags.get("bertops.metric") != metric:
-        return Decision(False, f"champion v{champion.version} was scored on {tags.get('bertops.metric')!r}, "
-                               f"not {metric!r}: not comparable", **base)
-    champion_value = float(tags["bertops.test_value"])
-    base["champion_value"] = champion_value
-    if tags.get("bertops.test_split_sha256") != test_split:
-        return Decision(False, f"champion v{champion.version} was scored on a different test split: "
-                               "not comparable, no automatic promotion", **base)
-    # the improvement: higher is better, except for metrics like perplexity
-    delta = value - champion_value if metric_mode(metric) == "max" else champion_value - value
-    if delta > 0 and delta >= min_delta:
-        return Decision(True, f"test {metric} {value:.4f} beats champion v{champion.version}'s "
-                              f"{champion_value:.4f}: improvement {delta:+.4f} (min_delta {min_delta})", **base)
-    return Decision(False, f"test {metric} {value:.4f} vs champion v{champion.version}'s {champion_value:.4f}: "
-                           f"improvement {delta:+.4f} does not reach min_delta {min_delta} (and must be > 0)",
-                    **base)
 
 
 def lineage_tags(params: Params, layout: Layout, run_id: str, metrics: dict) -> dict[str, str]:
@@ -130,9 +97,42 @@ def log_model(params: Params, layout: Layout):
         pip_requirements=requirements, model_config=pipeline_config(params))
 
 
+def gate_tags(decision: Decision) -> dict[str, str]:
+    tags = {"bertops.decision": CHAMPION if decision.promote else CHALLENGER,
+            "bertops.decision_reason": decision.reason[:5000]}
+    for check in decision.checks:
+        tags[f"bertops.gate.{check.name}"] = f"{'passed' if check.passed else 'failed'}: {check.detail}"[:5000]
+    if decision.p_value is not None:
+        tags["bertops.gate.p_value"] = f"{decision.p_value:.6g}"
+        tags["bertops.gate.test"] = decision.test
+    if decision.champion_version is not None:
+        tags["bertops.gate.champion_version"] = decision.champion_version
+    return tags
+
+
+def apply_gate(client: MlflowClient, params: Params, version: str, challenger: Evidence):
+    """Under the registry lock: compare with the champion of this moment, move the alias or mark a challenger.
+    Returns (decision, the champion's evidence or None)."""
+    name = params.registry.model_name
+    with gate_lock(client, name):
+        champion = current_champion(client, name)
+        before = version_evidence(client, champion) if champion is not None else None
+        decision = decide(challenger, before, champion.version if champion is not None else None, params.registry)
+        if decision.promote:
+            move_champion(client, name, version)
+            if champion is not None:
+                client.set_model_version_tag(name, champion.version, "bertops.replaced_by", str(version))
+        else:
+            client.set_registered_model_alias(name, CHALLENGER, version)
+        for key, value in gate_tags(decision).items():
+            client.set_model_version_tag(name, version, key, value)
+    return decision, before
+
+
 def register(params: Params, layout: Layout) -> dict:
     # everything that can fail on bad input is checked before anything is written to the registry
-    for needed in (layout.metrics_file, layout.train_run_file, layout.model_dir / "config.json"):
+    for needed in (layout.metrics_file, layout.predictions_file, layout.train_run_file,
+                   layout.model_dir / "config.json"):
         if not needed.is_file():
             raise BertopsError(f"{needed}: missing; run the train and evaluate stages first")
     metrics = json.loads(layout.metrics_file.read_text())
@@ -144,24 +144,31 @@ def register(params: Params, layout: Layout) -> dict:
     client = MlflowClient()
     name = params.registry.model_name
     tags = lineage_tags(params, layout, run_id, metrics)
+    challenger = Evidence.from_reports(metrics, read_predictions(layout.predictions_file),
+                                       tags["bertops.test_split_sha256"])
     with mlflow.start_run(run_id=run_id):
         info = log_model(params, layout)
-        mlflow.log_artifact(str(layout.model_dir / "config.json"), artifact_path="reports")
-    champion = current_champion(client, name)
-    decision = decide(metric=params.task.metric, value=float(metrics[params.task.metric]),
-                      test_split=tags["bertops.test_split_sha256"], min_delta=params.registry.min_delta,
-                      champion=champion)
-    version = mlflow.register_model(info.model_uri, name, tags=tags).version
-    if decision.promote:
-        move_champion(client, name, version)
-        if champion is not None:
-            client.set_model_version_tag(name, champion.version, "bertops.replaced_by", str(version))
-    else:
-        client.set_registered_model_alias(name, CHALLENGER, version)
-    client.set_model_version_tag(name, version, "bertops.decision", CHAMPION if decision.promote else CHALLENGER)
-    client.set_model_version_tag(name, version, "bertops.decision_reason", decision.reason)
-    client.set_tag(run_id, "bertops.registered_version", str(version))
-    result = {"model_name": name, "version": str(version), "model_uri": info.model_uri,
+        # the evidence this version is gated on, and that the next version's paired test compares against
+        for path in (layout.model_dir / "config.json", layout.metrics_file, layout.predictions_file):
+            mlflow.log_artifact(str(path), artifact_path="reports")
+        if layout.params.is_file():
+            mlflow.log_artifact(str(layout.params), artifact_path="reports")  # the params themselves
+    version = str(mlflow.register_model(info.model_uri, name, tags=tags).version)
+    try:
+        decision, before = apply_gate(client, params, version, challenger)
+    except BaseException as exc:
+        client.set_model_version_tag(name, version, "bertops.decision", f"error: {exc}"[:5000])
+        raise
+    card = model_card.render(params, layout, name, version, tags, metrics, decision, before)
+    (layout.reports_dir / "model_card.md").write_text(card)
+    client.update_model_version(name, version, description=card)
+    with mlflow.start_run(run_id=run_id):
+        mlflow.log_artifact(str(layout.reports_dir / "model_card.md"), artifact_path="reports")
+        if before is not None and challenger.class_f1:
+            plot = model_card.plot_class_changes(challenger, before, decision, layout.reports_dir / "class_changes.png")
+            mlflow.log_artifact(str(plot), artifact_path="reports")
+    client.set_tag(run_id, "bertops.registered_version", version)
+    result = {"model_name": name, "version": version, "model_uri": info.model_uri, "run_id": run_id,
               "decision": CHAMPION if decision.promote else CHALLENGER, **asdict(decision)}
     layout.registration_file.write_text(json.dumps(result, indent=1) + "\n")
     log.info("registered %s v%s -> %s: %s", name, version, result["decision"], decision.reason)

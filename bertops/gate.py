@@ -1,0 +1,193 @@
+"""The promotion gate: may a newly registered version take the `champion` alias from the current one?
+
+The two must be comparable (same metric, same frozen test split, per-example results that line up); then every
+check must pass:
+- min_delta: the test metric improves by at least `registry.min_delta` (and by more than nothing);
+- significance: the improvement is significant at `registry.alpha` by a paired, one-sided test (H1: the
+  challenger is better): McNemar's exact test on per-example correctness for accuracy, a paired bootstrap over
+  test examples for macro F1, entity F1, QA exact match / F1 and perplexity;
+- class_regression: no class (or entity type) loses more than `registry.max_class_regression` F1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.stats import binomtest
+
+from bertops.config import RegistryParams, metric_mode
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """One version's test results: the headline metric and how each test example came out."""
+
+    metric: str
+    value: float
+    test_split: str  # sha256 of the test split file
+    predictions: list[dict] | None  # reports/test_predictions.jsonl rows in test-split order (None: not kept)
+    class_f1: dict[str, float] = field(default_factory=dict)  # per class / entity type; {} for QA and MLM
+
+    @classmethod
+    def from_reports(cls, metrics: dict, predictions: list[dict] | None, test_split: str) -> "Evidence":
+        table = metrics.get("per_class") or metrics.get("per_type") or {}
+        return cls(metric=metrics["metric"], value=float(metrics[metrics["metric"]]), test_split=test_split,
+                   predictions=predictions, class_f1={label: float(s["f1"]) for label, s in table.items()})
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str  # min_delta | significance | class_regression
+    passed: bool
+    detail: str
+
+
+@dataclass(frozen=True)
+class Decision:
+    promote: bool
+    reason: str
+    metric: str
+    challenger_value: float
+    champion_version: str | None = None
+    champion_value: float | None = None
+    p_value: float | None = None
+    test: str | None = None
+    checks: tuple[Check, ...] = ()
+
+
+def improvement(metric: str, challenger: float, champion: float) -> float:
+    """Positive when the challenger is better (higher is better, except for metrics like perplexity)."""
+    return challenger - champion if metric_mode(metric) == "max" else champion - challenger
+
+
+# ---- paired statistics over test examples -------------------------------------------------------------------
+
+def _statistic(metric: str, rows: list[dict]) -> Callable[[np.ndarray], np.ndarray]:
+    """The metric recomputed on resamples: takes an index matrix (resamples x n), returns one value per row."""
+    first = rows[0]
+    if metric == "accuracy":
+        correct = np.array([r["correct"] for r in rows], dtype=float)
+        return lambda idx: correct[idx].mean(axis=1)
+    if metric == "macro_f1":
+        labels = sorted({r["label"] for r in rows} | {r["predicted"] for r in rows})
+        gold = np.array([labels.index(r["label"]) for r in rows])
+        pred = np.array([labels.index(r["predicted"]) for r in rows])
+
+        def macro_f1(idx):
+            scores = []
+            for k in range(len(labels)):
+                tp = ((gold == k) & (pred == k))[idx].sum(axis=1)
+                fp = ((gold != k) & (pred == k))[idx].sum(axis=1)
+                fn = ((gold == k) & (pred != k))[idx].sum(axis=1)
+                denominator = 2 * tp + fp + fn
+                scores.append(np.where(denominator > 0, 2 * tp / np.maximum(denominator, 1), 0.0))
+            return np.mean(scores, axis=0)
+        return macro_f1
+    if metric == "f1" and "gold_entities" in first:  # entity F1: micro over entities, from per-sentence counts
+        gold, pred, correct = (np.array([r[k] for r in rows], dtype=float)
+                               for k in ("gold_entities", "predicted_entities", "correct_entities"))
+
+        def entity_f1(idx):
+            denominator = gold[idx].sum(axis=1) + pred[idx].sum(axis=1)
+            return np.where(denominator > 0, 2 * correct[idx].sum(axis=1) / np.maximum(denominator, 1e-12), 0.0)
+        return entity_f1
+    if metric in ("f1", "exact_match") and metric in first:  # extractive QA: mean over questions
+        scores = np.array([float(r[metric]) for r in rows])
+        return lambda idx: scores[idx].mean(axis=1)
+    if metric == "perplexity":
+        loss, tokens = (np.array([r[k] for r in rows], dtype=float) for k in ("loss_sum", "masked_tokens"))
+        return lambda idx: np.exp(np.minimum(loss[idx].sum(axis=1) / np.maximum(tokens[idx].sum(axis=1), 1), 50.0))
+    raise ValueError(f"no paired statistic for metric {metric!r} with fields {sorted(first)}")
+
+
+def mcnemar_exact(champion_correct: list[bool], challenger_correct: list[bool]) -> tuple[float, int, int]:
+    """One-sided exact McNemar test: p-value, pairs only the challenger got right, pairs only the champion got right."""
+    won = sum(1 for a, b in zip(champion_correct, challenger_correct) if b and not a)
+    lost = sum(1 for a, b in zip(champion_correct, challenger_correct) if a and not b)
+    if won + lost == 0:
+        return 1.0, 0, 0
+    return float(binomtest(won, won + lost, 0.5, alternative="greater").pvalue), won, lost
+
+
+def paired_bootstrap(metric: str, champion_rows: list[dict], challenger_rows: list[dict], samples: int,
+                     seed: int = 0) -> float:
+    """One-sided paired bootstrap (Koehn 2004): the share of resamples of the test examples in which the
+    challenger is not better, with the +1 correction so that p is never 0."""
+    n = len(challenger_rows)
+    rng = np.random.default_rng(seed)
+    champion_stat, challenger_stat = _statistic(metric, champion_rows), _statistic(metric, challenger_rows)
+    not_better = 0
+    for start in range(0, samples, 250):  # blocks of resamples keep the index matrix small
+        idx = rng.integers(0, n, size=(min(250, samples - start), n))
+        delta = challenger_stat(idx) - champion_stat(idx)
+        if metric_mode(metric) == "min":
+            delta = -delta
+        not_better += int((delta <= 0).sum())
+    return (not_better + 1) / (samples + 1)
+
+
+def _example_key(row: dict):
+    return row.get("id", row.get("line"))
+
+
+def significance(challenger: Evidence, champion: Evidence, alpha: float, samples: int) -> tuple[Check, float | None, str | None]:
+    if not champion.predictions:
+        return Check("significance", False, "the champion has no per-example test results (registered before "
+                                            "bertops kept them): no paired test, no automatic promotion"), None, None
+    ours, theirs = challenger.predictions or [], champion.predictions
+    if [_example_key(r) for r in ours] != [_example_key(r) for r in theirs]:
+        return Check("significance", False, "per-example test results do not line up with the champion's"), None, None
+    if challenger.metric == "accuracy":
+        p, won, lost = mcnemar_exact([r["correct"] for r in theirs], [r["correct"] for r in ours])
+        test, numbers = "mcnemar_exact", f"{won} examples only the challenger gets right, {lost} only the champion"
+    else:
+        p = paired_bootstrap(challenger.metric, theirs, ours, samples)
+        test, numbers = "paired_bootstrap", f"{samples} resamples of {len(ours)} test examples"
+    verdict = "significant" if p <= alpha else "not significant"
+    return Check("significance", p <= alpha, f"{test} p={p:.4g} ({numbers}): {verdict} at alpha {alpha}"), p, test
+
+
+def class_regressions(challenger: Evidence, champion: Evidence, tolerance: float | None) -> Check:
+    if tolerance is None:
+        return Check("class_regression", True, "not checked (registry.max_class_regression is null)")
+    drops = {label: champion.class_f1[label] - f1 for label, f1 in challenger.class_f1.items()
+             if label in champion.class_f1}
+    worst = sorted(((d, label) for label, d in drops.items() if d > tolerance), reverse=True)
+    if worst:
+        listed = ", ".join(f"{label} F1 {champion.class_f1[label]:.4f} -> {challenger.class_f1[label]:.4f}"
+                           for _, label in worst)
+        return Check("class_regression", False, f"regresses by more than {tolerance}: {listed}")
+    if not drops:
+        return Check("class_regression", True, "no per-class scores to compare")
+    largest = max(drops.values())
+    return Check("class_regression", True, f"no class loses more than {tolerance} F1 (largest drop {largest:+.4f})")
+
+
+def decide(challenger: Evidence, champion: Evidence | None, champion_version: str | None,
+           registry: RegistryParams) -> Decision:
+    if champion is None:
+        return Decision(True, "no champion yet", challenger.metric, challenger.value)
+    base = {"metric": challenger.metric, "challenger_value": challenger.value,
+            "champion_version": str(champion_version)}
+    if champion.metric != challenger.metric:
+        return Decision(False, f"champion v{champion_version} was scored on {champion.metric!r}, not "
+                               f"{challenger.metric!r}: not comparable", **base)
+    base["champion_value"] = champion.value
+    if champion.test_split != challenger.test_split:
+        return Decision(False, f"champion v{champion_version} was scored on a different test split: "
+                               "not comparable, no automatic promotion", **base)
+    delta = improvement(challenger.metric, challenger.value, champion.value)
+    checks = [Check("min_delta", delta > 0 and delta >= registry.min_delta,
+                    f"test {challenger.metric} {challenger.value:.4f} vs champion v{champion_version}'s "
+                    f"{champion.value:.4f}: improvement {delta:+.4f} (must be > 0 and >= min_delta "
+                    f"{registry.min_delta})")]
+    sig, p_value, test = significance(challenger, champion, registry.alpha, registry.bootstrap_samples)
+    checks += [sig, class_regressions(challenger, champion, registry.max_class_regression)]
+    failed = [c for c in checks if not c.passed]
+    if failed:
+        reason = "; ".join(f"{c.name} failed: {c.detail}" for c in failed)
+    else:
+        reason = f"beats champion v{champion_version}: " + "; ".join(c.detail for c in checks)
+    return Decision(not failed, reason, p_value=p_value, test=test, checks=tuple(checks), **base)

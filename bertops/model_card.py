@@ -1,0 +1,133 @@
+"""The model card every registered version carries (markdown: in its run, as the version's description in the
+registry, and in reports/model_card.md), and the per-class change plot against the champion it was gated on."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from bertops.config import Params, flat_params
+from bertops.gate import Decision, Evidence
+from bertops.layout import Layout
+
+INTENDED_USE = {
+    "sequence_classification": "Assigns one of the labels below to a sentence (or a sentence pair) from the "
+                               "encoder's [CLS] representation.",
+    "token_classification": "Tags every word of a sentence with an entity type (whole-word entities, read at "
+                            "each word's first sub-token).",
+    "question_answering": "Extracts the answer span to a question from a context passage, or abstains when "
+                          "unanswerable questions are allowed.",
+    "masked_lm": "Fills [MASK] positions (cloze); its checkpoint is meant as the starting point of a downstream "
+                 "fine-tune on the same domain.",
+}
+
+
+def metrics_markdown(metrics: dict) -> str:
+    """The headline numbers and a per-class (or, for token classification, per-entity-type) table."""
+    if "per_type" not in metrics and "per_class" not in metrics:  # question answering, masked LM
+        parts = [f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float)]
+        counts = [f"{metrics[k]} {k}" for k in ("questions", "texts", "masked_tokens") if k in metrics]
+        return ", ".join(parts) + (f" ({', '.join(counts)})" if counts else "") + "\n"
+    if "per_type" in metrics:
+        kind, table = "entity type", metrics["per_type"]
+        head = (f"entity F1 {metrics['f1']:.4f} (precision {metrics['precision']:.4f}, recall "
+                f"{metrics['recall']:.4f}, {metrics['entities']} entities)")
+    else:
+        kind, table = "class", metrics["per_class"]
+        head = f"accuracy {metrics['accuracy']:.4f}, macro F1 {metrics['macro_f1']:.4f}"
+    rows = "\n".join(f"| {label} | {s['precision']:.3f} | {s['recall']:.3f} | {s['f1']:.3f} | {s['support']} |"
+                     for label, s in table.items())
+    return f"{head}\n\n| {kind} | precision | recall | F1 | support |\n| --- | --- | --- | --- | --- |\n{rows}\n"
+
+
+def comparison_markdown(decision: Decision, challenger: Evidence | None = None,
+                        champion: Evidence | None = None) -> str:
+    if decision.champion_version is None:
+        return f"No champion existed: this version became champion ({decision.reason}).\n"
+    text = (f"Against champion v{decision.champion_version} on the same test split: "
+            f"**{'promoted' if decision.promote else 'not promoted'}**.\n\n"
+            f"| | test {decision.metric} |\n| --- | --- |\n| this version | {decision.challenger_value:.4f} |\n"
+            f"| champion v{decision.champion_version} | "
+            f"{'' if decision.champion_value is None else f'{decision.champion_value:.4f}'} |\n\n")
+    if decision.checks:
+        text += "| check | result | detail |\n| --- | --- | --- |\n" + "".join(
+            f"| {c.name} | {'passed' if c.passed else '**failed**'} | {c.detail} |\n" for c in decision.checks)
+    else:
+        text += f"Reason: {decision.reason}\n"
+    if challenger is not None and champion is not None and challenger.class_f1:
+        text += "\n| class / type | champion F1 | this version F1 | change |\n| --- | --- | --- | --- |\n"
+        for label, f1 in challenger.class_f1.items():
+            before = champion.class_f1.get(label)
+            text += (f"| {label} | {'' if before is None else f'{before:.4f}'} | {f1:.4f} | "
+                     f"{'' if before is None else f'{f1 - before:+.4f}'} |\n")
+    return text
+
+
+def _limitations(params: Params, layout: Layout, metrics: dict) -> list[str]:
+    notes = [f"Scored on one held-out test split ({metrics.get('examples') or metrics.get('sentences') or metrics.get('questions') or metrics.get('texts')} "
+             f"examples, corpus.split.seed {params.corpus.split.seed}); expect a different split or a different "
+             "domain to score differently.",
+             f"Inputs longer than model.max_length = {params.model.max_length} sub-tokens are truncated"
+             + (" (contexts are windowed instead)." if params.task.type == "question_answering" else ".")]
+    coverage = layout.vocab_coverage_file
+    if params.task.type == "token_classification" and coverage.is_file():
+        unk = json.loads(coverage.read_text())
+        share = unk.get("unk_word_ratio")
+        if share is not None:
+            notes.append(f"{share:.2%} of the training words map to [UNK] in this tokenizer.")
+    if params.task.type == "sequence_classification":
+        notes.append("A label outside the training labels can never be predicted.")
+    return notes
+
+
+def render(params: Params, layout: Layout, name: str, version: str, tags: dict, metrics: dict,
+           decision: Decision, champion: Evidence | None) -> str:
+    stats_file = layout.prepared_dir / "stats.json"
+    stats = json.loads(stats_file.read_text()) if stats_file.is_file() else {}
+    challenger = Evidence.from_reports(metrics, None, tags["bertops.test_split_sha256"])
+    params_rows = "\n".join(f"| {k} | {v} |" for k, v in flat_params(params).items()
+                            if k.split(".")[0] in ("model", "task", "train", "corpus"))
+    return f"""# {name} v{version}
+
+## Intended use
+{INTENDED_USE[params.task.type]} Task `{params.task.type}`, fine-tuned from `{params.model.name_or_path}`.
+
+## Data
+- corpus: `{params.corpus.source}`; raw data md5 `{tags['bertops.data_raw_md5']}`, prepared data md5
+  `{tags['bertops.data_prepared_md5']}` (DVC), test split sha256 `{tags['bertops.test_split_sha256'][:16]}...`
+- splits: `{json.dumps(stats.get('splits', {}))}`
+
+## Test metrics ({params.task.metric} gates promotion)
+{metrics_markdown(metrics)}
+## Comparison with the champion at registration
+{comparison_markdown(decision, challenger, champion)}
+## Training
+| param | value |
+| --- | --- |
+{params_rows}
+
+Hardware: {tags['bertops.hardware']}; git commit `{tags['bertops.git_commit']}` (dirty: {tags['bertops.git_dirty']});
+MLflow run `{tags['bertops.run_id']}`; params hash `{tags['bertops.params_hash']}`.
+
+## Limitations
+""" + "".join(f"- {note}\n" for note in _limitations(params, layout, metrics))
+
+
+def plot_class_changes(challenger: Evidence, champion: Evidence, decision: Decision, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [label for label in challenger.class_f1 if label in champion.class_f1]
+    changes = [challenger.class_f1[label] - champion.class_f1[label] for label in labels]
+    fig, ax = plt.subplots(figsize=(max(4, 0.6 * len(labels) + 2), 3.5))
+    ax.bar(labels, changes, color=["tab:green" if c >= 0 else "tab:red" for c in changes])
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set_ylabel("F1 change")
+    ax.set_title(f"per-class F1 vs champion v{decision.champion_version}")
+    ax.tick_params(axis="x", rotation=45)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
