@@ -18,7 +18,7 @@ test: setup
 	pytest -q
 
 test-fast: setup
-	pytest -q -m "not slow" --ignore=tests/test_retrain_flow.py
+	pytest -q -m "not slow and not services" --ignore=tests/test_retrain_flow.py
 
 retrain: setup
 	python flows/retrain.py
