@@ -130,12 +130,9 @@ def test_doc_stride_must_leave_room(tiny_qa_model):
 
 
 @pytest.mark.timeout(900)
-def test_qa_pipeline_fits_registers_and_predicts(tmp_path, tiny_qa_model):
-    from bertops.stages.evaluate import evaluate
-    from bertops.stages.import_corpus import import_corpus
-    from bertops.stages.prepare import prepare
-    from bertops.stages.register import register
-    from bertops.stages.train import train
+def test_qa_pipeline_through_the_flow_fits_registers_and_predicts(tmp_path, tiny_qa_model):
+    """The same dvc.yaml and Prefect flow as every task: a params change plus a SQuAD file."""
+    from conftest import make_pipeline_repo
 
     root = tmp_path
     (root / "qa.json").write_text(json.dumps(synthetic_squad(150, unanswerable=True)))
@@ -147,18 +144,22 @@ def test_qa_pipeline_fits_registers_and_predicts(tmp_path, tiny_qa_model):
     # word; no early stopping here
     raw["train"].update(epochs=40, early_stopping_patience=None, lr=3e-3, batch_size=8)
     (root / "params.yaml").write_text(yaml.safe_dump(raw))
-    params, layout = parse_params(raw), Layout(root)
-    import_corpus(params, layout)
-    stats = prepare(params, layout)
-    assert stats["questions"] == 300
+    make_pipeline_repo(root)
+    flow = subprocess.run([sys.executable, "-m", "flows.retrain", "--project-dir", str(root)],
+                          capture_output=True, text=True)
+    assert flow.returncode == 0, flow.stdout[-3000:] + flow.stderr[-3000:]
+    result = json.loads(flow.stdout[flow.stdout.index("{\n"):])
+    assert set(result["stages"].values()) == {"ran"}
+    assert result["registration"]["decision"] == "champion"
+
+    assert json.loads((root / "data" / "prepared" / "stats.json").read_text())["questions"] == 300
+    layout = Layout(root)
     train_paragraphs = {json.loads(line)["paragraph"] for line in layout.split("train").open()}
     test_paragraphs = {json.loads(line)["paragraph"] for line in layout.split("test").open()}
     assert not train_paragraphs & test_paragraphs
-    train(params, layout)
-    metrics = evaluate(params, layout)
+    metrics = json.loads(layout.metrics_file.read_text())
     assert metrics["exact_match"] >= 0.9, metrics
     assert metrics["no_answer_questions"] > 0 and metrics["no_answer_exact_match"] >= 0.8
-    assert register(params, layout)["decision"] == "champion"
 
     done = subprocess.run([sys.executable, "-m", "bertops.cli", "predict", "--json",
                            "where does grace live ?\tthe plot was grace lives in vienna . quite dull"],
