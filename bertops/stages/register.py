@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
@@ -164,9 +165,10 @@ def register(params: Params, layout: Layout) -> dict:
     client.update_model_version(name, version, description=card)
     with mlflow.start_run(run_id=run_id):
         mlflow.log_artifact(str(layout.reports_dir / "model_card.md"), artifact_path="reports")
-        if before is not None and challenger.class_f1:
-            plot = model_card.plot_class_changes(challenger, before, decision, layout.reports_dir / "class_changes.png")
-            mlflow.log_artifact(str(plot), artifact_path="reports")
+        if before is not None and challenger.class_f1:  # in the run only: there is no plot without a champion
+            with tempfile.TemporaryDirectory() as tmp:
+                plot = model_card.plot_class_changes(challenger, before, decision, Path(tmp) / "class_changes.png")
+                mlflow.log_artifact(str(plot), artifact_path="reports")
     client.set_tag(run_id, "bertops.registered_version", version)
     result = {"model_name": name, "version": version, "model_uri": info.model_uri, "run_id": run_id,
               "decision": CHAMPION if decision.promote else CHALLENGER, **asdict(decision)}
