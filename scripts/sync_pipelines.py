@@ -18,8 +18,13 @@ TRAIN_DEPS = "  train:\n    cmd: bertops stage train\n    deps:\n"
 UPSTREAM_DEP = "      - ${model.name_or_path}  # the upstream pipeline's checkpoint: dvc repro runs that pipeline first\n"
 
 
+# where a pipeline's runs put files named params.yaml that are not pipelines (MLflow artifacts, outputs)
+NOT_PIPELINES = {"mlruns", "mlartifacts", ".bertops", "reports", "data", "models"}
+
+
 def pipeline_dirs() -> list[Path]:
-    return sorted(p.parent for p in (REPO / "pipelines").rglob("params.yaml"))
+    found = (p.parent for p in (REPO / "pipelines").rglob("params.yaml"))
+    return sorted(d for d in found if not NOT_PIPELINES & set(d.relative_to(REPO).parts))
 
 
 def is_upstream_checkpoint(name_or_path: str) -> bool:
