@@ -40,6 +40,13 @@ def metrics_markdown(metrics: dict) -> str:
     return f"{head}\n\n| {kind} | precision | recall | F1 | support |\n| --- | --- | --- | --- | --- |\n{rows}\n"
 
 
+def checks_markdown(checks) -> str:
+    """The gate's checks as a table; `checks` are gate.Check objects or their dicts (registration.json)."""
+    rows = [c if isinstance(c, dict) else {"name": c.name, "passed": c.passed, "detail": c.detail} for c in checks]
+    return "| check | result | detail |\n| --- | --- | --- |\n" + "".join(
+        f"| {c['name']} | {'passed' if c['passed'] else '**failed**'} | {c['detail']} |\n" for c in rows)
+
+
 def comparison_markdown(decision: Decision, challenger: Evidence | None = None,
                         champion: Evidence | None = None) -> str:
     if decision.champion_version is None:
@@ -50,8 +57,7 @@ def comparison_markdown(decision: Decision, challenger: Evidence | None = None,
             f"| champion v{decision.champion_version} | "
             f"{'' if decision.champion_value is None else f'{decision.champion_value:.4f}'} |\n\n")
     if decision.checks:
-        text += "| check | result | detail |\n| --- | --- | --- |\n" + "".join(
-            f"| {c.name} | {'passed' if c.passed else '**failed**'} | {c.detail} |\n" for c in decision.checks)
+        text += checks_markdown(decision.checks)
     else:
         text += f"Reason: {decision.reason}\n"
     if challenger is not None and champion is not None and challenger.class_f1:
@@ -81,10 +87,9 @@ def _limitations(params: Params, layout: Layout, metrics: dict) -> list[str]:
 
 
 def render(params: Params, layout: Layout, name: str, version: str, tags: dict, metrics: dict,
-           decision: Decision, champion: Evidence | None) -> str:
+           challenger: Evidence, decision: Decision, champion: Evidence | None) -> str:
     stats_file = layout.prepared_dir / "stats.json"
     stats = json.loads(stats_file.read_text()) if stats_file.is_file() else {}
-    challenger = Evidence.from_reports(metrics, None, tags["bertops.test_split_sha256"])
     params_rows = "\n".join(f"| {k} | {v} |" for k, v in flat_params(params).items()
                             if k.split(".")[0] in ("model", "task", "train", "corpus"))
     return f"""# {name} v{version}

@@ -14,7 +14,6 @@ import tempfile
 import time
 from pathlib import Path
 
-
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
-from bertops.model_card import metrics_markdown
+from bertops.model_card import checks_markdown, metrics_markdown
 
 STAGES = ("import", "prepare", "train", "evaluate", "register")
 SKIPPED_MARKER = "didn't change, skipping"
@@ -113,8 +113,7 @@ def decision_markdown(states: dict[str, str], registration: dict | None, metrics
              f"| champion before | {champion.split(':')[0]} | {champion.split(': ')[-1]} |\n\n"
              f"Reason: {reg['reason']}\n\nModel: `models:/{reg['model_name']}/{reg['version']}`\n")
     if reg.get("checks"):
-        text += "\n| check | result | detail |\n| --- | --- | --- |\n" + "".join(
-            f"| {c['name']} | {'passed' if c['passed'] else '**failed**'} | {c['detail']} |\n" for c in reg["checks"])
+        text += "\n" + checks_markdown(reg["checks"])
     if metrics:
         text += "\n### Test metrics\n" + metrics_markdown(metrics)
     return text

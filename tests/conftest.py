@@ -104,6 +104,16 @@ def tiny_project(tmp_path, tiny_model_dir):
     return tmp_path
 
 
+def run_flow(root: Path, *extra: str) -> dict:
+    """Run the Prefect retraining flow on a project directory (ephemeral mode) and return its JSON result."""
+    import json
+
+    done = subprocess.run([sys.executable, "-m", "flows.retrain", "--project-dir", str(root), *extra],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return json.loads(done.stdout[done.stdout.index("{\n"):])
+
+
 def make_pipeline_repo(root: Path) -> None:
     """Turn a project directory into a git + DVC repo with the real dvc.yaml and the code it depends on."""
     shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")

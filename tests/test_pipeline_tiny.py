@@ -70,7 +70,8 @@ def test_training_run_logged_to_mlflow(trained):
 
 def _set_test_results(layout, labels, wrong: int, new_run: bool = True):
     """Rewrite evaluate's outputs as if the model got the first `wrong` test examples wrong (predictions and
-    metrics kept consistent), in a fresh MLflow run as a new training would have; returns the accuracy."""
+    metrics kept consistent), in a fresh MLflow run as a new training would have, and log them to the run as
+    evaluate does; returns the accuracy."""
     rows = [json.loads(line) for line in layout.predictions_file.read_text().splitlines()]
     for i, row in enumerate(rows):
         row["correct"] = i >= wrong
@@ -82,6 +83,8 @@ def _set_test_results(layout, labels, wrong: int, new_run: bool = True):
     if new_run:
         run = MlflowClient().create_run(json.loads(layout.train_run_file.read_text())["experiment_id"])
         tracking.write_train_run(layout, run.info.run_id, run.info.experiment_id)
+    for path in (layout.metrics_file, layout.predictions_file):
+        MlflowClient().log_artifact(tracking.read_train_run(layout), str(path), artifact_path="reports")
     return metrics["accuracy"]
 
 

@@ -132,7 +132,7 @@ def test_doc_stride_must_leave_room(tiny_qa_model):
 @pytest.mark.timeout(900)
 def test_qa_pipeline_through_the_flow_fits_registers_and_predicts(tmp_path, tiny_qa_model):
     """The same dvc.yaml and Prefect flow as every task: a params change plus a SQuAD file."""
-    from conftest import make_pipeline_repo
+    from conftest import make_pipeline_repo, run_flow
 
     root = tmp_path
     (root / "qa.json").write_text(json.dumps(synthetic_squad(150, unanswerable=True)))
@@ -145,10 +145,7 @@ def test_qa_pipeline_through_the_flow_fits_registers_and_predicts(tmp_path, tiny
     raw["train"].update(epochs=40, early_stopping_patience=None, lr=3e-3, batch_size=8)
     (root / "params.yaml").write_text(yaml.safe_dump(raw))
     make_pipeline_repo(root)
-    flow = subprocess.run([sys.executable, "-m", "flows.retrain", "--project-dir", str(root)],
-                          capture_output=True, text=True)
-    assert flow.returncode == 0, flow.stdout[-3000:] + flow.stderr[-3000:]
-    result = json.loads(flow.stdout[flow.stdout.index("{\n"):])
+    result = run_flow(root)
     assert set(result["stages"].values()) == {"ran"}
     assert result["registration"]["decision"] == "champion"
 

@@ -3,23 +3,14 @@ every DVC stage and registers a champion; a second run with nothing changed skip
 learning rate registers a challenger that does not take the alias."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 import yaml
 from mlflow import MlflowClient
 
-from conftest import make_pipeline_repo
+from conftest import make_pipeline_repo, run_flow
 
 pytestmark = pytest.mark.timeout(900)
-
-
-def run_flow(root, *extra):
-    done = subprocess.run([sys.executable, "-m", "flows.retrain", "--project-dir", str(root), *extra],
-                          capture_output=True, text=True)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return json.loads(done.stdout[done.stdout.index("{\n"):])
 
 
 def test_flow_runs_stages_skips_unchanged_and_gates(tiny_project):

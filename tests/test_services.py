@@ -9,6 +9,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 
 import pytest
 import yaml
@@ -74,8 +75,6 @@ def test_deployed_retraining_against_real_services(stack, tiny_project):
     run(stack, [str(BIN / "prefect"), "--no-prompt", "deploy", "--name", "mr-nightly-cpu"], root,
         BERTOPS_PROJECT_DIR=str(root))
     # the cron schedule (02:30 UTC daily) produced scheduled runs: the scheduler service made them
-    import time
-
     deadline, runs = time.monotonic() + 90, []
     while time.monotonic() < deadline and not runs:
         runs = scheduled_runs(stack, root)

@@ -15,7 +15,7 @@ from bertops.modeling import add_tokens, load_tokenizer
 from bertops.ner_metrics import entity_scores, entity_spans
 from bertops.training.data import IGNORE_INDEX, encode_words
 from bertops.vocab_coverage import vocab_coverage
-from conftest import FILLER, POSITIVE, make_pipeline_repo, tiny_params, write_tiny_bert
+from conftest import FILLER, POSITIVE, make_pipeline_repo, run_flow, tiny_params, write_tiny_bert
 
 FIRST = ["alice", "bob", "carol", "dave", "erin", "frank"]
 LAST = ["smith", "jones", "brown", "taylor"]
@@ -142,10 +142,7 @@ def test_ner_pipeline_through_the_flow_registers_and_predicts(tmp_path, tiny_ner
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     make_pipeline_repo(root)
 
-    done = subprocess.run([sys.executable, "-m", "flows.retrain", "--project-dir", str(root)],
-                          capture_output=True, text=True)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    result = json.loads(done.stdout[done.stdout.index("{\n"):])
+    result = run_flow(root)
     assert set(result["stages"].values()) == {"ran"}
     assert result["registration"]["decision"] == "champion"
 

@@ -149,9 +149,8 @@ def register(params: Params, layout: Layout) -> dict:
                                        tags["bertops.test_split_sha256"])
     with mlflow.start_run(run_id=run_id):
         info = log_model(params, layout)
-        # the evidence this version is gated on, and that the next version's paired test compares against
-        for path in (layout.model_dir / "config.json", layout.metrics_file, layout.predictions_file):
-            mlflow.log_artifact(str(path), artifact_path="reports")
+        # evaluate already put metrics.json and test_predictions.jsonl (the next gate's evidence) into this run
+        mlflow.log_artifact(str(layout.model_dir / "config.json"), artifact_path="reports")
         if layout.params.is_file():
             mlflow.log_artifact(str(layout.params), artifact_path="reports")  # the params themselves
     version = str(mlflow.register_model(info.model_uri, name, tags=tags).version)
@@ -160,7 +159,7 @@ def register(params: Params, layout: Layout) -> dict:
     except BaseException as exc:
         client.set_model_version_tag(name, version, "bertops.decision", f"error: {exc}"[:5000])
         raise
-    card = model_card.render(params, layout, name, version, tags, metrics, decision, before)
+    card = model_card.render(params, layout, name, version, tags, metrics, challenger, decision, before)
     (layout.reports_dir / "model_card.md").write_text(card)
     client.update_model_version(name, version, description=card)
     with mlflow.start_run(run_id=run_id):
