@@ -139,6 +139,9 @@ class TrainParams(_Section):
     head_lr: float | None = Field(None, gt=0, le=1.0, description="peak learning rate of the new head; null = lr")
     weight_decay: float = Field(0.01, ge=0, le=1.0, description="not applied to biases and LayerNorm weights")
     warmup_ratio: float = Field(0.06, ge=0, lt=1.0, description="share of steps with linear warmup")
+    optimizer: Literal["adamw", "bertadam"] = Field(
+        "adamw", description="adamw = full Adam with bias correction and decoupled weight decay; bertadam = the "
+                             "original BERT code's Adam without bias correction (for comparison)")
     adam_betas: tuple[float, float] = (0.9, 0.999)
     adam_eps: float = Field(1e-8, gt=0)
     max_grad_norm: float | None = Field(1.0, gt=0)
@@ -153,6 +156,8 @@ class TrainParams(_Section):
     length_grouping: bool = Field(True, description="batch examples of similar length (less padding)")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes")
     max_train_examples: int | None = Field(None, ge=1, description="train on a random subset of N examples (seeded by train.seed)")
+    train_fraction: float = Field(1.0, gt=0, le=1, description="train on a random share of the training split "
+                                                               "(seeded by train.seed); 1 = all of it")
     resume: bool = Field(True, description="continue from the last checkpoint of an interrupted run")
 
     @model_validator(mode="after")
@@ -160,6 +165,51 @@ class TrainParams(_Section):
         for i, beta in enumerate(self.adam_betas):
             if not 0 <= beta < 1:
                 raise ValueError(f"adam_betas[{i}] must be in [0, 1), got {beta}")
+        return self
+
+
+class LoraParams(_Section):
+    r: int = Field(8, ge=1, le=1024, description="rank of the low-rank update")
+    alpha: float = Field(16, gt=0, description="scaling: the update is multiplied by alpha / r")
+    dropout: float = Field(0.1, ge=0, lt=1, description="dropout on the adapter's input")
+    target_modules: list[str] = Field(
+        ["query", "value"], min_length=1, description="names of the Linear modules that get an adapter")
+
+
+ENCODER_MODES = ("full", "frozen", "lora", "ia3")
+
+
+class FinetuneParams(_Section):
+    """How the pretrained encoder is adapted (README: Fine-tuning strategies)."""
+
+    encoder: Literal["full", "frozen", "lora", "ia3"] = Field(
+        "full", description="full fine-tuning | frozen (feature extraction: only the head trains) | "
+                            "lora / ia3 (peft adapters: only adapter and head weights train and are saved)")
+    freeze_embeddings: bool = Field(False, description="keep the embedding layer fixed")
+    freeze_layers: int = Field(0, ge=0, description="keep the embeddings and the lowest N transformer layers fixed")
+    gradual_unfreezing: bool = Field(
+        False, description="start with only the head (and top layer) trainable; unfreeze one more layer from the "
+                           "top each epoch, the embeddings last (ULMFiT)")
+    reinit_top_layers: int = Field(0, ge=0, description="re-initialise the top K transformer layers before training")
+    reinit_pooler: bool = Field(False, description="re-initialise the pooler (also done when reinit_top_layers > 0)")
+    layer_lr_decay: float = Field(
+        1.0, gt=0, le=1, description="layer-wise learning-rate decay: a layer k levels below the top trains at "
+                                     "lr * decay^k, the embeddings lowest; 1 = the same lr everywhere")
+    layer_features: Literal["last", "scalar_mix"] = Field(
+        "last", description="what the head reads: the last layer, or a learned softmax-weighted sum of all "
+                            "hidden layers times a learned scale (ELMo-style scalar mix)")
+    lora: LoraParams = LoraParams()
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if self.encoder in ("frozen", "lora", "ia3") and (self.freeze_layers or self.freeze_embeddings or
+                                                           self.gradual_unfreezing):
+            raise ValueError(f"freeze_layers / freeze_embeddings / gradual_unfreezing apply to encoder: full; "
+                             f"with encoder: {self.encoder} the encoder's own weights never train")
+        if self.encoder in ("lora", "ia3") and self.layer_features != "last":
+            raise ValueError("layer_features: scalar_mix is not available with adapters (allowed: last)")
+        if self.encoder in ("lora", "ia3") and self.layer_lr_decay != 1.0:
+            raise ValueError("layer_lr_decay applies to encoder weights, which do not train with adapters")
         return self
 
 
@@ -202,7 +252,17 @@ class Params(_Section):
             raw = {**raw, "task": {"type": "sequence_classification", **raw["task"]}}
         return raw
     train: TrainParams = TrainParams()
+    finetune: FinetuneParams = FinetuneParams()
     registry: RegistryParams
+
+    @model_validator(mode="after")
+    def _strategy_fits_task(self):
+        if self.task.type == "masked_lm" and (self.finetune.encoder != "full" or
+                                              self.finetune.layer_features != "last"):
+            raise ValueError(f"finetune.encoder: {self.finetune.encoder} / finetune.layer_features: "
+                             f"{self.finetune.layer_features} do not apply to masked_lm pretraining, which trains "
+                             "the encoder itself (allowed: encoder full, layer_features last)")
+        return self
     tracking: TrackingParams = TrackingParams()
 
 

@@ -37,22 +37,26 @@ def predict_proba(model, tokenizer, texts: list[str], pairs: list[str] | None = 
 
 
 @torch.inference_mode()
-def predict_word_tags(model, tokenizer, sentences: list[list[str]], *, max_length: int,
-                      batch_size: int = 128) -> list[list[str]]:
+def predict_word_tags(model, tokenizer, sentences: list[list[str]], *, max_length: int, batch_size: int = 128,
+                      with_scores: bool = False):
     """Token classification: one tag per word, read at the word's first sub-token. Words past `max_length`
-    (cut off by truncation) get "O", so every word of the input has a prediction."""
+    (cut off by truncation) get "O", so every word of the input has a prediction. With `with_scores`, also each
+    word's tag probability: returns (tags, scores)."""
     id2label = {int(i): label for i, label in model.config.id2label.items()}
     enc = tokenizer(sentences, is_split_into_words=True, truncation=True, max_length=max_length)
     tags: list[list[str]] = [["O"] * len(words) for words in sentences]
+    scores: list[list[float]] = [[1.0] * len(words) for words in sentences]
     pad = partial(tokenizer.pad, return_tensors="pt")
     for idx, out in _outputs_by_length(model, _encoded(enc, len(sentences)), pad, batch_size):
-        for row, i in zip(out.logits.argmax(-1).cpu().tolist(), idx):
+        best, labels = torch.softmax(out.logits.float(), dim=-1).max(-1)
+        for row, probs, i in zip(labels.cpu().tolist(), best.cpu().tolist(), idx):
             previous = None
             for position, word in enumerate(enc.word_ids(i)):
                 if word is not None and word != previous:
                     tags[i][word] = id2label[row[position]]
+                    scores[i][word] = probs[position]
                 previous = word
-    return tags
+    return (tags, scores) if with_scores else tags
 
 
 @torch.inference_mode()

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
+from pathlib import Path
 
 import torch
 from transformers import (
+    AutoConfig,
     AutoModel,
     AutoModelForMaskedLM,
     AutoModelForQuestionAnswering,
@@ -93,3 +96,60 @@ def carry_pooler(name_or_path: str, revision: str | None, model_dir) -> bool:
     save_file(state, weights, metadata={"format": "pt"})
     log.info("kept the base model's pooler (%s*) in %s", prefix, weights)
     return True
+
+
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+def is_adapter_checkpoint(model_dir) -> bool:
+    return (Path(model_dir) / ADAPTER_CONFIG).is_file()
+
+
+def needs_bertops_loader(model_dir) -> bool:
+    """A checkpoint plain `from_pretrained` would load wrongly: a peft adapter, or a scalar mix of layers."""
+    from bertops.scalar_mix import CONFIG_KEY
+
+    config = Path(model_dir) / "config.json"
+    mixed = config.is_file() and json.loads(config.read_text()).get(CONFIG_KEY) == "scalar_mix"
+    return is_adapter_checkpoint(model_dir) or mixed
+
+
+def load_trained(model_dir, task_type: str, dtype=torch.float32):
+    """A checkpoint the train stage wrote: a full model, or a peft adapter (with the task head) over its base
+    model, which adapter_config.json names as the user wrote it in model.name_or_path (resolved again here, so
+    the packaged copy is found on any machine that has it). An adapter is merged into the base weights: the
+    result is a plain transformers model with the trained labels."""
+    model_dir = Path(model_dir)
+    if not is_adapter_checkpoint(model_dir):
+        from bertops import scalar_mix
+
+        model = AUTO_MODELS[task_type].from_pretrained(model_dir, dtype=dtype)
+        if getattr(model.config, scalar_mix.CONFIG_KEY, "last") == "scalar_mix":
+            scalar_mix.attach_saved(model, model_dir)
+        return model
+    from peft import PeftModel
+
+    adapter = json.loads((model_dir / ADAPTER_CONFIG).read_text())
+    base_name = adapter["base_model_name_or_path"]
+    config = AutoConfig.from_pretrained(model_dir)  # the base config with the trained labels
+    try:
+        base = AUTO_MODELS[task_type].from_pretrained(resolve_model_path(base_name), config=config, dtype=dtype,
+                                                      revision=adapter.get("revision"))
+    except (OSError, ValueError) as exc:
+        raise BertopsError(f"{model_dir / ADAPTER_CONFIG}: cannot load the adapter's base model {base_name!r}: "
+                           f"{exc}") from None
+    return PeftModel.from_pretrained(base, model_dir).merge_and_unload()
+
+
+def save_trained(model, tokenizer, model_dir, base_name: str, revision: str | None) -> None:
+    """Save what training produced. A peft model: only the adapter and head weights (adapter_config.json
+    records `base_name`), plus the base config with the trained labels so the model can be rebuilt."""
+    model_dir = Path(model_dir)
+    if hasattr(model, "peft_config"):
+        for config in model.peft_config.values():
+            config.base_model_name_or_path, config.revision = base_name, revision
+        model.save_pretrained(model_dir)
+        model.get_base_model().config.save_pretrained(model_dir)
+    else:
+        model.save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)

@@ -54,7 +54,11 @@ def predict(model_uri: str | None, texts: list[str], file: Path | None, params_p
 
     texts = _read_texts(texts, file)  # bad input stops before the model is loaded
     pair_inputs = _split_pairs(texts) if pairs else None
-    model, model_uri, is_qa = _load_registered(model_uri, params_path, root)
+    model, model_uri, is_pyfunc = _load_registered(model_uri, params_path, root)
+    pyfunc_task = (model.model_config or {}).get("task_type", "question_answering") if is_pyfunc else None
+    if pyfunc_task in ("sequence_classification", "token_classification"):
+        return _predict_adapted(model, pyfunc_task, texts, pair_inputs)
+    is_qa = pyfunc_task == "question_answering"
     if is_qa and pair_inputs is None:
         pair_inputs = _split_pairs(texts)  # QA: "question<TAB>context"
     inputs = pair_inputs or texts
@@ -75,6 +79,18 @@ def predict(model_uri: str | None, texts: list[str], file: Path | None, params_p
     outputs = model(inputs, batch_size=64, truncation=True)
     return [{"text": t, "label": o["label"], "probability": round(float(o["score"]), 4)}
             for t, o in zip(texts, outputs)]
+
+
+def _predict_adapted(model, task_type: str, texts: list[str], pair_inputs: list[dict] | None) -> list[dict]:
+    """A pyfunc-registered classifier (a peft adapter over its base model): same output as the pipelines."""
+    import pandas as pd
+
+    frame = pd.DataFrame(pair_inputs) if pair_inputs else pd.DataFrame({"text": texts})
+    out = model.predict(frame)
+    if task_type == "token_classification":
+        return [{"text": t, "entities": list(e)} for t, e in zip(texts, out["entities"])]
+    return [{"text": t, "label": label, "probability": round(float(p), 4)}
+            for t, label, p in zip(texts, out["label"], out["probability"])]
 
 
 def format_row(row: dict) -> str:

@@ -12,14 +12,17 @@ class ExtractiveQA(mlflow.pyfunc.PythonModel):
 
     def load_context(self, context):
         import torch
-        from transformers import AutoModelForQuestionAnswering, AutoTokenizer
+        from transformers import AutoTokenizer
+
+        from bertops.modeling import load_trained
 
         path = context.artifacts["checkpoint"]
-        self.model = AutoModelForQuestionAnswering.from_pretrained(path, dtype=torch.float32)
+        self.model = load_trained(path, "question_answering").eval()  # a full checkpoint or a peft adapter
         if torch.cuda.is_available():
             self.model.cuda()
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         self.config = dict(context.model_config or {})
+        self.config.pop("task_type", None)
 
     def predict(self, context, model_input, params=None):
         import pandas as pd

@@ -22,7 +22,7 @@ from bertops import tracking  # noqa: E402
 from bertops.config import Params  # noqa: E402
 from bertops.inference import answer_questions, predict_proba, predict_word_tags  # noqa: E402
 from bertops.layout import Layout  # noqa: E402
-from bertops.modeling import AUTO_MODELS  # noqa: E402
+from bertops.modeling import load_trained  # noqa: E402
 from bertops.ner_metrics import entity_scores, entity_spans  # noqa: E402
 from bertops.qa.metrics import question_scores, squad_scores  # noqa: E402
 from bertops.training.data import read_split  # noqa: E402
@@ -85,7 +85,7 @@ def _plot_learning_curve(layout: Layout, metric: str, path):
 
 def _load_checkpoint(params: Params, layout: Layout):
     """The trained checkpoint with the task's head (float32, on the GPU when there is one) and its tokenizer."""
-    model = AUTO_MODELS[params.task.type].from_pretrained(layout.model_dir, dtype=torch.float32)
+    model = load_trained(layout.model_dir, params.task.type)
     if torch.cuda.is_available():
         model.cuda()
     return model.eval(), AutoTokenizer.from_pretrained(layout.model_dir)

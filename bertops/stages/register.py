@@ -19,7 +19,7 @@ from bertops.config import Params, params_hash
 from bertops.errors import BertopsError
 from bertops.gate import Decision, Evidence, decide
 from bertops.layout import Layout
-from bertops.modeling import AUTO_MODELS
+from bertops.modeling import AUTO_MODELS, is_adapter_checkpoint, needs_bertops_loader
 from bertops.registry import (CHALLENGER, CHAMPION, current_champion, gate_lock, move_champion, read_predictions,
                               version_evidence)
 
@@ -70,18 +70,35 @@ def pipeline_config(params: Params) -> dict | None:
 
 
 def log_model(params: Params, layout: Layout):
-    """The checkpoint as an MLflow model in the active run: transformers flavor with the task's pipeline, or,
-    for extractive QA (no pipeline in transformers 5), a pyfunc model carrying bertops's decoding code."""
+    """The checkpoint as an MLflow model in the active run: transformers flavor with the task's pipeline, or a
+    pyfunc model carrying bertops's own inference code for extractive QA (no pipeline in transformers 5) and for
+    peft adapters (only the adapter and head weights are stored; the base model loads with the model)."""
     example = [_pipeline_input(json.loads(line)) for line in layout.split("test").open()][:2]
-    pins = lineage.package_versions("transformers", "torch", "tokenizers", "accelerate")
+    adapter = is_adapter_checkpoint(layout.model_dir)
+    pins = lineage.package_versions("transformers", "torch", "tokenizers", "accelerate",
+                                    *(["peft"] if adapter else []))
     requirements = [f"{k}=={v.split('+')[0]}" for k, v in pins.items() if v != "not installed"]
+    if needs_bertops_loader(layout.model_dir) and params.task.type in ("sequence_classification",
+                                                                         "token_classification"):
+        import pandas as pd
+
+        from bertops.pyfunc_classifier import AdaptedClassifier
+
+        rows = [x if isinstance(x, dict) else {"text": x} for x in example]
+        config = {"task_type": params.task.type, "max_length": params.model.max_length,
+                  "tag_scheme": getattr(params.task, "tag_scheme", "BIO")}
+        return mlflow.pyfunc.log_model(
+            name="model", python_model=AdaptedClassifier(), artifacts={"checkpoint": str(layout.model_dir)},
+            code_paths=[str(Path(bertops.__file__).parent)], input_example=pd.DataFrame(rows),
+            model_config=config, pip_requirements=requirements + ["pandas"])
     if params.task.type == "question_answering":
         import pandas as pd
 
         from bertops.qa.pyfunc import ExtractiveQA
 
         task = params.task
-        config = {"max_length": params.model.max_length, "doc_stride": task.doc_stride, "n_best": task.n_best,
+        config = {"task_type": task.type, "max_length": params.model.max_length, "doc_stride": task.doc_stride,
+                  "n_best": task.n_best,
                   "max_answer_length": task.max_answer_length, "allow_no_answer": task.allow_no_answer,
                   "null_threshold": task.null_threshold}
         return mlflow.pyfunc.log_model(

@@ -20,9 +20,11 @@ from bertops.config import Params, flat_params, metric_mode, params_hash
 from bertops.errors import BertopsError
 from bertops.layout import Layout
 from bertops.mlm.masking import masking_options
-from bertops.modeling import add_tokens, carry_pooler, load_classifier, load_tokenizer, resolve_model_path
+from bertops.modeling import (add_tokens, carry_pooler, load_classifier, load_tokenizer, resolve_model_path,
+                              save_trained)
 from bertops.training.data import FineTuneData
 from bertops.training.mlflow_logging import MlflowMetricsLogger
+from bertops.training.strategies import GradualUnfreezing, apply_strategy, encoder_parts, parameter_counts
 from bertops.training.module import (
     MaskedLM,
     QuestionAnswerer,
@@ -84,6 +86,10 @@ def train(params: Params, layout: Layout) -> dict:
     if task.type == "token_classification" and task.add_unknown_tokens:
         uncovered = json.loads(layout.vocab_coverage_file.read_text())["uncovered_characters"]
         add_tokens(model, tokenizer, list(uncovered))  # new rows start at the mean embedding, train at train.lr
+    model, new_params = apply_strategy(model, new_params, params.finetune, task.type)
+    counts = parameter_counts(model)
+    log.info("finetune.encoder=%s: %d of %d parameters train", params.finetune.encoder, counts["trainable_params"],
+             counts["total_params"])
 
     experiment_id = tracking.configure(params, layout)
     client = MlflowClient()
@@ -109,16 +115,17 @@ def train(params: Params, layout: Layout) -> dict:
         {name: layout.split(name) for name in ("train", "val")}, tokenizer, labels,
         max_length=params.model.max_length, batch_size=hp.batch_size, eval_batch_size=hp.eval_batch_size,
         length_grouping=hp.length_grouping, num_workers=hp.num_workers, seed=hp.seed,
-        max_train_examples=hp.max_train_examples, task_type=task.type,
+        max_train_examples=hp.max_train_examples, train_fraction=hp.train_fraction, task_type=task.type,
         doc_stride=getattr(task, "doc_stride", 128), masking=masking_options(task))
+    strategy = {"finetune": params.finetune}
     if task.type == "token_classification":
-        module = TokenClassifier(model, new_params, hp, task.tag_scheme)
+        module = TokenClassifier(model, new_params, hp, task.tag_scheme, **strategy)
     elif task.type == "question_answering":
-        module = QuestionAnswerer(model, new_params, hp, task)
+        module = QuestionAnswerer(model, new_params, hp, task, **strategy)
     elif task.type == "masked_lm":
-        module = MaskedLM(model, new_params, hp)
+        module = MaskedLM(model, new_params, hp, **strategy)
     else:
-        module = SequenceClassifier(model, new_params, hp)
+        module = SequenceClassifier(model, new_params, hp, **strategy)
     monitor = f"val_{params.task.metric}"
     mode = metric_mode(task.metric)
     checkpoint = ModelCheckpoint(dirpath=work / "ckpt", filename="best", monitor=monitor, mode=mode, save_top_k=1,
@@ -126,6 +133,8 @@ def train(params: Params, layout: Layout) -> dict:
     callbacks = [checkpoint, TQDMProgressBar(refresh_rate=10),
                  MlflowMetricsLogger(client, run_id, log_every_n_steps=params.tracking.log_every_n_steps,
                                      flush_every_n_steps=params.tracking.flush_every_n_steps)]
+    if params.finetune.gradual_unfreezing:
+        callbacks.append(GradualUnfreezing(encoder_parts(model)))
     if hp.early_stopping_patience:
         callbacks.append(EarlyStopping(monitor=monitor, mode=mode, patience=hp.early_stopping_patience))
     precision = auto_precision(hp.precision)
@@ -147,8 +156,7 @@ def train(params: Params, layout: Layout) -> dict:
     module.load_state_dict(best["state_dict"])
     if layout.model_dir.exists():
         shutil.rmtree(layout.model_dir)
-    module.model.save_pretrained(layout.model_dir)
-    tokenizer.save_pretrained(layout.model_dir)
+    save_trained(module.model, tokenizer, layout.model_dir, params.model.name_or_path, params.model.revision)
     if task.type == "masked_lm":  # the checkpoint may become a downstream model.name_or_path (DAPT/TAPT)
         carry_pooler(params.model.name_or_path, params.model.revision, layout.model_dir)
 
@@ -158,6 +166,8 @@ def train(params: Params, layout: Layout) -> dict:
         "epochs_trained": trainer.current_epoch,
         "fit_seconds": round(fit_seconds, 1),
         "precision": precision,
+        **counts,
+        "checkpoint_mb": round(sum(f.stat().st_size for f in layout.model_dir.rglob("*") if f.is_file()) / 2**20, 2),
         "train_examples": len(data.splits["train"]),
         "train_real_tokens_per_s": round(data.splits["train"].real_tokens() * trainer.current_epoch / fit_seconds, 1)
         if not resume else None,

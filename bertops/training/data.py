@@ -93,7 +93,7 @@ class FineTuneData(L.LightningDataModule):
 
     def __init__(self, split_paths: dict[str, Path], tokenizer, labels: list[str], *, max_length: int,
                  batch_size: int, eval_batch_size: int, length_grouping: bool, num_workers: int, seed: int,
-                 max_train_examples: int | None = None, task_type: str = "sequence_classification",
+                 max_train_examples: int | None = None, train_fraction: float = 1.0, task_type: str = "sequence_classification",
                  doc_stride: int = 128, masking: dict | None = None):
         super().__init__()
         self.eval_collate = None
@@ -116,7 +116,7 @@ class FineTuneData(L.LightningDataModule):
         self.split_paths, self.tokenizer, self.labels = split_paths, tokenizer, labels
         self.max_length, self.batch_size, self.eval_batch_size = max_length, batch_size, eval_batch_size
         self.length_grouping, self.num_workers, self.seed = length_grouping, num_workers, seed
-        self.max_train_examples = max_train_examples
+        self.max_train_examples, self.train_fraction = max_train_examples, train_fraction
         self.splits: dict[str, EncodedSplit] = {}
 
     def setup(self, stage: str | None = None):
@@ -124,9 +124,12 @@ class FineTuneData(L.LightningDataModule):
             if name in self.splits:
                 continue
             rows = read_split(path)
-            if name == "train" and self.max_train_examples and self.max_train_examples < len(rows):
+            keep = len(rows)
+            if name == "train":
+                keep = min(keep, max(1, round(len(rows) * self.train_fraction)), self.max_train_examples or keep)
+            if keep < len(rows):
                 # a random subset: split files keep the corpus order, which is often grouped by label
-                rows = random.Random(self.seed).sample(rows, self.max_train_examples)
+                rows = random.Random(self.seed).sample(rows, keep)
             self.rows[name] = rows
             self.splits[name] = EncodedSplit(self.encode(rows, self.tokenizer, self.labels, self.max_length))
 

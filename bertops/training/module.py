@@ -9,18 +9,20 @@ import lightning as L
 import torch
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
-from bertops.config import TrainParams
+from bertops.config import FinetuneParams, TrainParams
 from bertops.ner_metrics import entity_scores
 from bertops.training.data import IGNORE_INDEX
 from bertops.training.optim import build_optimizer, build_schedule, param_groups
+from bertops.training.strategies import encoder_parts
 
 
 class FineTuner(L.LightningModule):
     """The training side shared by every task: the model's own loss, clipping, optimizer and schedule."""
 
-    def __init__(self, model, new_params: set[str], train_params: TrainParams):
+    def __init__(self, model, new_params: set[str], train_params: TrainParams,
+                 finetune: FinetuneParams = FinetuneParams()):
         super().__init__()
-        self.model, self.new_params, self.hp = model, new_params, train_params
+        self.model, self.new_params, self.hp, self.finetune = model, new_params, train_params, finetune
         # from_pretrained returns the model in eval mode (dropout off); Lightning keeps modules' modes as found
         self.model.train()
 
@@ -41,11 +43,15 @@ class FineTuner(L.LightningModule):
 
     def configure_optimizers(self):
         hp = self.hp
+        ft = self.finetune
+        per_layer = ft.layer_lr_decay != 1.0 or ft.gradual_unfreezing
         groups = param_groups(self.model, lr=hp.lr, head_lr=hp.head_lr or hp.lr, weight_decay=hp.weight_decay,
-                              head_params=self.new_params)
+                              head_params=self.new_params, layer_lr_decay=ft.layer_lr_decay,
+                              parts=encoder_parts(self.model) if per_layer else None,
+                              include_frozen=ft.gradual_unfreezing)
         # fp16 with a GradScaler needs the non-fused step (Lightning unscales before clipping only then)
         fused = self.trainer.precision != "16-mixed"
-        optimizer = build_optimizer(groups, betas=hp.adam_betas, eps=hp.adam_eps, fused=fused)
+        optimizer = build_optimizer(groups, betas=hp.adam_betas, eps=hp.adam_eps, fused=fused, kind=hp.optimizer)
         schedule = build_schedule(optimizer, total_steps=int(self.trainer.estimated_stepping_batches),
                                   warmup_ratio=hp.warmup_ratio)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
@@ -54,8 +60,8 @@ class FineTuner(L.LightningModule):
 class SequenceClassifier(FineTuner):
     VAL_METRICS = ("val_loss", "val_accuracy", "val_macro_f1")
 
-    def __init__(self, model, new_params: set[str], train_params: TrainParams):
-        super().__init__(model, new_params, train_params)
+    def __init__(self, model, new_params: set[str], train_params: TrainParams, **kw):
+        super().__init__(model, new_params, train_params, **kw)
         num_labels = model.config.num_labels
         self.val_accuracy = MulticlassAccuracy(num_classes=num_labels, average="micro")
         self.val_macro_f1 = MulticlassF1Score(num_classes=num_labels, average="macro")
@@ -79,8 +85,8 @@ class TokenClassifier(FineTuner):
 
     VAL_METRICS = ("val_loss", "val_f1", "val_precision", "val_recall")
 
-    def __init__(self, model, new_params: set[str], train_params: TrainParams, tag_scheme: str = "BIO"):
-        super().__init__(model, new_params, train_params)
+    def __init__(self, model, new_params: set[str], train_params: TrainParams, tag_scheme: str = "BIO", **kw):
+        super().__init__(model, new_params, train_params, **kw)
         self.id2label = {int(i): label for i, label in model.config.id2label.items()}
         self.tag_scheme = tag_scheme
         self._gold: list[list[str]] = []
@@ -109,8 +115,8 @@ class QuestionAnswerer(FineTuner):
 
     VAL_METRICS = ("val_loss", "val_f1", "val_exact_match")
 
-    def __init__(self, model, new_params: set[str], train_params: TrainParams, task):
-        super().__init__(model, new_params, train_params)
+    def __init__(self, model, new_params: set[str], train_params: TrainParams, task, **kw):
+        super().__init__(model, new_params, train_params, **kw)
         self.task = task
         self._logits: dict[int, tuple] = {}
 
@@ -148,8 +154,8 @@ class MaskedLM(FineTuner):
 
     VAL_METRICS = ("val_loss", "val_perplexity", "val_accuracy")
 
-    def __init__(self, model, new_params: set[str], train_params: TrainParams):
-        super().__init__(model, new_params, train_params)
+    def __init__(self, model, new_params: set[str], train_params: TrainParams, **kw):
+        super().__init__(model, new_params, train_params, **kw)
         self._sums = None
 
     def on_validation_epoch_start(self):
