@@ -76,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     fill.add_argument("--model-uri", help="registry reference (default models:/<registry.model_name>@champion)")
     fill.add_argument("--json", action="store_true", help="print JSON lines")
     sub.add_parser("check-params", help="validate params.yaml and print the effective values")
+    stu = sub.add_parser("study", help="run (or resume) a study file: a grid of runs summarised in "
+                                       "reports/studies/<name>/")
+    stu.add_argument("study_file", type=Path)
     prom = sub.add_parser("promote", help="manually make VERSION the champion (recorded with who and why)")
     prom.add_argument("name")
     prom.add_argument("version")
@@ -115,6 +118,13 @@ def main(argv: list[str] | None = None) -> int:
                 print(json.dumps(row, ensure_ascii=False) if args.json else f"{row['text']}\n    {fillers}")
         elif args.command in ("promote", "review", "rollback", "lineage"):
             registry_command(args)
+        elif args.command == "study":
+            from bertops.study import load_study
+            from flows.study import run_study
+
+            load_study(args.study_file, args.root)  # a bad study file stops here, before Prefect starts
+            summary = run_study(str(args.study_file), str(args.root))
+            print((Path(args.root) / "reports" / "studies" / summary["study"] / "summary.md").read_text())
         elif args.command == "check-params":
             from bertops.config import load_params
 

@@ -11,6 +11,13 @@ from bertops.errors import CorpusError
 @dataclass(frozen=True)
 class Layout:
     root: Path
+    # A study run keeps its model and reports under its own root but reads the project's prepared data and logs
+    # to the project's tracking store: `project` is then that project's root.
+    project: Path | None = None
+
+    @property
+    def project_root(self) -> Path:
+        return self.project or self.root
 
     @property
     def params(self) -> Path:
@@ -18,11 +25,11 @@ class Layout:
 
     @property
     def raw_dir(self) -> Path:
-        return self.root / "data" / "raw"
+        return self.project_root / "data" / "raw"
 
     @property
     def prepared_dir(self) -> Path:
-        return self.root / "data" / "prepared"
+        return self.project_root / "data" / "prepared"
 
     def split(self, name: str) -> Path:
         return self.prepared_dir / f"{name}.jsonl"

@@ -27,7 +27,7 @@ def configure(params: Params, layout: Layout) -> str:
     import mlflow
 
     os.environ.setdefault("MPLCONFIGDIR", str(layout.work_dir / "matplotlib"))
-    uri = tracking_uri(params, layout.root)
+    uri = tracking_uri(params, layout.project_root)
     saved = {key: os.environ.get(key) for key in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
     mlflow.set_tracking_uri(uri)
     # the registry lives beside the tracking store unless MLFLOW_REGISTRY_URI says otherwise
@@ -45,7 +45,7 @@ def configure(params: Params, layout: Layout) -> str:
     artifact_location = None
     if uri.startswith("sqlite:"):
         # embedded mode: artifacts beside the database, inside the project
-        artifact_location = (layout.root / "mlruns").resolve().as_uri()
+        artifact_location = (layout.project_root / "mlruns").resolve().as_uri()
     return mlflow.create_experiment(params.tracking.experiment, artifact_location=artifact_location)
 
 

@@ -75,7 +75,8 @@ def _write_history(client: MlflowClient, run_id: str, layout: Layout, val_keys: 
             writer.writerow([epoch, step, *(f"{val[k].get(step, float('nan')):.6f}" for k in val)])
 
 
-def train(params: Params, layout: Layout) -> dict:
+def train(params: Params, layout: Layout, run_tags: dict[str, str] | None = None) -> dict:
+    """Fine-tune; `run_tags` go on the MLflow run (a study passes `mlflow.parentRunId` to nest its runs)."""
     hp = params.train
     # before the model is built: the new head's initial weights come from this seed too
     L.seed_everything(hp.seed, workers=True, verbose=False)
@@ -105,7 +106,7 @@ def train(params: Params, layout: Layout) -> dict:
         work.mkdir(parents=True)
         run = client.create_run(experiment_id, run_name=f"train-{params.registry.model_name}",
                                 tags={"bertops.stage": "train", "bertops.base_model": params.model.name_or_path,
-                                      "bertops.params_hash": params_hash(params)})
+                                      "bertops.params_hash": params_hash(params), **(run_tags or {})})
         run_id = run.info.run_id
         client.log_batch(run_id, params=[Param(k, v[:6000]) for k, v in flat_params(params).items()])
         client.log_param(run_id, "model.resolved_path", resolve_model_path(params.model.name_or_path))
