@@ -10,6 +10,8 @@ A study file (YAML):
     grid:                          # every combination of these
       train.optimizer: [adamw, bertadam]
       train.seed: [0, 1, 2, 3, 4]
+      # a key without a dot is a named axis whose values set several keys together, e.g.
+      # strategy: [{finetune.encoder: full}, {finetune.encoder: lora, train.lr: 5.0e-4}]
     parallel: 1                    # runs at once
 
 Runs differ only in `train.*` and `finetune.*` (the prepared data is shared). A run whose result.json exists is
@@ -23,6 +25,7 @@ import hashlib
 import itertools
 import json
 import logging
+import re
 import shutil
 import statistics
 from dataclasses import dataclass
@@ -59,7 +62,8 @@ class StudyRun:
     def key(self) -> str:
         text = json.dumps(self.overrides, sort_keys=True, default=str)
         readable = "_".join(f"{k.split('.')[-1]}-{v}" for k, v in sorted(self.overrides.items()))
-        return f"{readable[:80]}_{hashlib.sha256(text.encode()).hexdigest()[:8]}".replace("/", "-")
+        readable = re.sub(r"[^A-Za-z0-9._-]+", "-", readable)[:80]
+        return f"{readable}_{hashlib.sha256(text.encode()).hexdigest()[:8]}"
 
     @property
     def setting(self) -> dict[str, Any]:
@@ -117,9 +121,18 @@ def load_study(path: str | Path, project: str | Path = ".") -> Study:
     runs = []
     for values in itertools.product(*(spec.grid[k] for k in keys)):
         raw = copy.deepcopy(base)
-        overrides = dict(zip(keys, values))
-        for key, value in overrides.items():
-            _apply(raw, key, value, f"{path}: grid")
+        overrides = {}
+        for key, value in zip(keys, values):
+            if "." in key:
+                _apply(raw, key, value, f"{path}: grid")
+                overrides[key] = value
+            elif isinstance(value, dict) and value:  # a named axis: each value sets several keys together
+                for dotted, setting in value.items():
+                    _apply(raw, dotted, setting, f"{path}: grid.{key}")
+                overrides[key] = ",".join(f"{k}={v}" for k, v in value.items())
+            else:
+                raise ParamsError(f"{path}: grid.{key}: a key without a dot is a named axis whose values are "
+                                  f"mappings of train.*/finetune.* keys; got {value!r}")
         label = ", ".join(f"{k}={v}" for k, v in overrides.items())
         runs.append(StudyRun(overrides, parse_params(raw, f"{path} (run {label})")))  # every run checked first
     return Study(spec.name, path, project, runs, spec.parallel)
