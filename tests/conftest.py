@@ -78,6 +78,7 @@ def tiny_params(model_path: Path, **overrides) -> dict:
         "task": {"type": "sequence_classification", "metric": "accuracy"},
         "train": {"epochs": 6, "batch_size": 16, "lr": 3e-3, "warmup_ratio": 0.1, "early_stopping_patience": 3,
                   "seed": 0},
+        "finetune": {"encoder": "full"},  # dvc.yaml tracks whole sections: each must be present
         "registry": {"model_name": "tiny-sentiment", "min_delta": 0.0},
         "tracking": {"uri": "sqlite:///mlflow.db", "experiment": "tests", "log_every_n_steps": 2},
     }
