@@ -48,6 +48,10 @@ def test_frozen_encoder_trains_only_the_head(tiny_model_dir):
     assert _changed(before, model) == head == {"classifier.weight", "classifier.bias"}
     counts = parameter_counts(model)
     assert counts["trainable_params"] == 2 * 32 + 2 < counts["total_params"]
+    from bertops.training.module import SequenceClassifier
+
+    module = SequenceClassifier(model, head, TrainParams(), finetune=FinetuneParams(encoder="frozen"))
+    assert not module.model.bert.training and module.model.classifier.training  # features without dropout
     model, new = _model(tiny_model_dir)  # ELMo-style: frozen encoder, learned mix of its layers
     model, head = apply_strategy(model, new, FinetuneParams(encoder="frozen", layer_features="scalar_mix"),
                                  "sequence_classification")

@@ -25,6 +25,8 @@ class FineTuner(L.LightningModule):
         self.model, self.new_params, self.hp, self.finetune = model, new_params, train_params, finetune
         # from_pretrained returns the model in eval mode (dropout off); Lightning keeps modules' modes as found
         self.model.train()
+        if finetune.encoder == "frozen":  # a fixed feature extractor: no dropout inside the encoder either
+            self.model.base_model.eval()  # Lightning keeps these modes (it restores them after validation)
 
     def forward(self, batch):
         return self.model(**batch)
