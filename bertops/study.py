@@ -223,9 +223,11 @@ def summarize(study: Study, results: list[dict], errors: dict[str, str]) -> dict
             entry["errors"] += run.key in errors
             continue
         entry["values"].append(result["value"])
+        entry.setdefault("by_seed", {})[run.overrides.get(SEED_KEY, run.params.train.seed)] = result["value"]
         entry["seconds"].append(result["seconds_per_epoch"])
         entry["trainable_params"], entry["checkpoint_mb"] = result["trainable_params"], result["checkpoint_mb"]
     rows = []
+    first = next(iter(by_setting.values())).get("by_seed", {})
     for label, e in by_setting.items():
         v = e["values"]
         failed = None
@@ -236,7 +238,7 @@ def summarize(study: Study, results: list[dict], errors: dict[str, str]) -> dict
                      "min": min(v) if v else None, "max": max(v) if v else None, "failed_share": failed,
                      "seconds_per_epoch": statistics.fmean(e["seconds"]) if e["seconds"] else None,
                      "trainable_params": e["trainable_params"], "checkpoint_mb": e["checkpoint_mb"],
-                     "values": v})
+                     "values": v, "vs_first": _paired(e.get("by_seed", {}), first, higher)})
     summary = {"study": study.name, "metric": metric, "majority_baseline": baseline, "rows": rows,
                "errors": errors}
     out = study.dir
@@ -253,6 +255,17 @@ def summarize(study: Study, results: list[dict], errors: dict[str, str]) -> dict
     return summary
 
 
+def _paired(values: dict, reference: dict, higher: bool) -> dict | None:
+    """Against the first setting, seed by seed (same seed = same data order and head init): the mean
+    difference and on how many seeds this setting did better."""
+    seeds = sorted(set(values) & set(reference))
+    if not seeds or values is reference:
+        return None
+    diffs = [values[s] - reference[s] for s in seeds]
+    better = sum((d > 0) if higher else (d < 0) for d in diffs)
+    return {"mean_diff": statistics.fmean(diffs), "better": better, "seeds": len(seeds)}
+
+
 def _fmt(value, digits=4) -> str:
     if value is None:
         return "n/a"
@@ -264,18 +277,26 @@ def summary_markdown(summary: dict) -> str:
     if summary["majority_baseline"] is not None:
         lines += [f"A run failed when it scored no better than always predicting the majority class "
                   f"({summary['majority_baseline']:.4f}).", ""]
-    lines += ["| setting | runs | mean | sd | min | max | failed | s/epoch | trainable params | checkpoint MB |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+    first = summary["rows"][0]["setting"] if summary["rows"] else ""
+    lines += [f"| setting | runs | mean | sd | min | max | failed | vs {first} (same seeds) | s/epoch | "
+              "trainable params | checkpoint MB |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in summary["rows"]:
         failed = "n/a" if r["failed_share"] is None else f"{r['failed_share']:.0%}"
         errors = f" (+{r['errors']} errors)" if r["errors"] else ""
         lines.append(f"| {r['setting']} | {r['runs']}{errors} | "
                      f"{_fmt(r['mean'])} | {_fmt(r['sd'])} | {_fmt(r['min'])} | {_fmt(r['max'])} | {failed} | "
+                     f"{_vs(r.get('vs_first'))} | "
                      f"{_fmt(r['seconds_per_epoch'], 1)} | {_fmt(r['trainable_params'])} | "
                      f"{_fmt(r['checkpoint_mb'], 2)} |")
     for key, error in summary["errors"].items():
         lines.append(f"\nRun {key} failed: {error.splitlines()[-1] if error else '?'}")
     return "\n".join(lines) + "\n"
+
+
+def _vs(paired: dict | None) -> str:
+    if not paired:
+        return "-"
+    return f"{paired['mean_diff']:+.4f}, better on {paired['better']}/{paired['seeds']}"
 
 
 def plot(summary: dict, path: Path) -> Path:

@@ -38,6 +38,9 @@ def test_study_runs_the_grid_nested_and_resumes(tiny_project):
     adamw = rows["train.optimizer=adamw"]
     assert adamw["mean"] >= 0.8 and adamw["failed_share"] == 0.0, adamw  # the tiny model learns in 6 epochs
     assert adamw["min"] <= adamw["mean"] <= adamw["max"] and adamw["sd"] is not None
+    paired = rows["train.optimizer=bertadam"]["vs_first"]  # seed by seed against the first setting
+    assert paired["seeds"] == 2 and paired["mean_diff"] == pytest.approx(
+        rows["train.optimizer=bertadam"]["mean"] - adamw["mean"])
     out = root / "reports" / "studies" / "optim-tiny"
     for name in ("summary.md", "summary.csv", "summary.png"):
         assert (out / name).is_file()
