@@ -89,3 +89,13 @@ def _write(root, spec):
     path = root / "s.yaml"
     path.write_text(yaml.safe_dump(spec))
     return path
+
+
+def test_shipped_study_files_validate():
+    from conftest import REPO
+
+    files = sorted((REPO / "studies").glob("*.yaml"))
+    assert len(files) >= 6
+    for path in files:
+        study = load_study(path, REPO)
+        assert study.name == path.stem and len(study.runs) >= 6, path
