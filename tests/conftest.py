@@ -20,6 +20,8 @@ def pytest_configure(config):
     tmp = Path(os.environ.get("PYTEST_BERTOPS_HOME", "/tmp/bertops-test-home"))
     os.environ.setdefault("PREFECT_HOME", str(tmp / "prefect"))
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # the ephemeral server's 20 s default start-up limit is too short on a loaded 2-core machine
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     os.environ.setdefault("MPLCONFIGDIR", str(tmp / "matplotlib"))
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("DO_NOT_TRACK", "true")
