@@ -1,6 +1,6 @@
 """The registered form of a sequence- or token-classification model that the transformers flavor cannot carry:
 a peft adapter (only the adapter and head weights are stored; the base model is named in adapter_config.json
-and loaded when the model is), logged as an MLflow pyfunc model that runs bertops's own inference code (the
+and loaded when the model is) or a model whose head reads a learned mix of all layers (scalar mix), logged as an MLflow pyfunc model that runs bertops's own inference code (the
 code that evaluated it, shipped with the model through `code_paths`)."""
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ def entities_from_tags(text: str, words: list[str], tags: list[str], scores: lis
     return out
 
 
-class AdaptedClassifier(mlflow.pyfunc.PythonModel):
+class BertopsClassifier(mlflow.pyfunc.PythonModel):
     """Input: rows with `text` (and `text_pair` for a sentence pair). Output: `label` and `probability` per
     row (sequence classification) or `entities` per row (token classification; words split on whitespace)."""
 
@@ -66,3 +66,6 @@ class AdaptedClassifier(mlflow.pyfunc.PythonModel):
         id2label = {int(i): label for i, label in self.model.config.id2label.items()}
         return pd.DataFrame({"label": [id2label[int(p.argmax())] for p in probs],
                              "probability": [float(p.max()) for p in probs]})
+
+
+AdaptedClassifier = BertopsClassifier  # the name versions registered before 2026-11-23 were pickled with

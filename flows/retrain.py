@@ -32,13 +32,13 @@ def _env() -> dict[str, str]:
 
 
 def _run(cmd: list[str], cwd: Path, logger) -> tuple[int, list[str]]:
-    """Run a command, streaming its output to the Prefect log line by line."""
+    """Run a command, streaming its output to the Prefect log line by line. A progress bar's redraws (joined by
+    carriage returns; read as bytes so that they are not split into lines) log once, in their final state."""
     lines = []
-    with subprocess.Popen(cmd, cwd=cwd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True, bufsize=1) as proc:
-        for line in proc.stdout:
-            line = line.rstrip()
-            if line and "\r" not in line:  # progress-bar redraws stay out of the log
+    with subprocess.Popen(cmd, cwd=cwd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as proc:
+        for raw in proc.stdout:
+            line = raw.decode("utf-8", errors="replace").rstrip("\r\n").rsplit("\r", 1)[-1].rstrip()
+            if line:
                 logger.info(line)
             lines.append(line)
     return proc.returncode, lines

@@ -65,3 +65,15 @@ def test_cli_stops_before_work_with_exit_2(tmp_path):
     assert "train.batch_size: Input should be greater than or equal to 1; got -4" in done.stderr
     assert "Traceback" not in done.stderr
     assert not (tmp_path / "data").exists()  # nothing was started
+
+
+def test_precision_auto_picks_bf16_only_where_the_hardware_has_it(monkeypatch):
+    from bertops.training import module
+
+    monkeypatch.setattr(module.torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(module, "cpu_has_bf16_matmul", lambda: True)
+    assert module.auto_precision("auto") == "bf16-mixed"
+    assert module.auto_precision("auto", "cpu") == "bf16-mixed"
+    assert module.auto_precision("32-true") == "32-true"  # an explicit choice is kept
+    monkeypatch.setattr(module, "cpu_has_bf16_matmul", lambda: False)
+    assert module.auto_precision("auto") == "32-true"

@@ -99,3 +99,21 @@ def test_shipped_study_files_validate():
     for path in files:
         study = load_study(path, REPO)
         assert study.name == path.stem and len(study.runs) >= 6, path
+
+
+def test_flow_logs_a_progress_bar_once_in_its_final_state(tmp_path):
+    """Subprocess output reaches the Prefect log line by line; a bar's carriage-return redraws are one line."""
+    from flows.retrain import _run
+
+    class Logger:
+        def __init__(self):
+            self.lines = []
+
+        def info(self, line):
+            self.lines.append(line)
+
+    logger = Logger()
+    code, _ = _run([sys.executable, "-c", "import sys; sys.stdout.write('start\\n\\rEpoch 0: 10%\\rEpoch 0: 100%\\n"
+                    "done\\n')"], tmp_path, logger)
+    assert code == 0
+    assert logger.lines == ["start", "Epoch 0: 100%", "done"]

@@ -69,6 +69,17 @@ def pipeline_config(params: Params) -> dict | None:
     return None
 
 
+def _log_bertops_pyfunc(python_model, layout: Layout, example_rows: list[dict], config: dict,
+                        requirements: list[str]):
+    """A pyfunc model that runs bertops's own inference code, shipped with it through `code_paths`."""
+    import pandas as pd
+
+    return mlflow.pyfunc.log_model(
+        name="model", python_model=python_model, artifacts={"checkpoint": str(layout.model_dir)},
+        code_paths=[str(Path(bertops.__file__).parent)], input_example=pd.DataFrame(example_rows),
+        model_config=config, pip_requirements=requirements + ["pandas"])
+
+
 def log_model(params: Params, layout: Layout):
     """The checkpoint as an MLflow model in the active run: transformers flavor with the task's pipeline, or a
     pyfunc model carrying bertops's own inference code for extractive QA (no pipeline in transformers 5) and for
@@ -80,20 +91,13 @@ def log_model(params: Params, layout: Layout):
     requirements = [f"{k}=={v.split('+')[0]}" for k, v in pins.items() if v != "not installed"]
     if needs_bertops_loader(layout.model_dir) and params.task.type in ("sequence_classification",
                                                                          "token_classification"):
-        import pandas as pd
-
-        from bertops.pyfunc_classifier import AdaptedClassifier
+        from bertops.pyfunc_classifier import BertopsClassifier
 
         rows = [x if isinstance(x, dict) else {"text": x} for x in example]
         config = {"task_type": params.task.type, "max_length": params.model.max_length,
                   "tag_scheme": getattr(params.task, "tag_scheme", "BIO")}
-        return mlflow.pyfunc.log_model(
-            name="model", python_model=AdaptedClassifier(), artifacts={"checkpoint": str(layout.model_dir)},
-            code_paths=[str(Path(bertops.__file__).parent)], input_example=pd.DataFrame(rows),
-            model_config=config, pip_requirements=requirements + ["pandas"])
+        return _log_bertops_pyfunc(BertopsClassifier(), layout, rows, config, requirements)
     if params.task.type == "question_answering":
-        import pandas as pd
-
         from bertops.qa.pyfunc import ExtractiveQA
 
         task = params.task
@@ -101,10 +105,7 @@ def log_model(params: Params, layout: Layout):
                   "n_best": task.n_best,
                   "max_answer_length": task.max_answer_length, "allow_no_answer": task.allow_no_answer,
                   "null_threshold": task.null_threshold}
-        return mlflow.pyfunc.log_model(
-            name="model", python_model=ExtractiveQA(), artifacts={"checkpoint": str(layout.model_dir)},
-            code_paths=[str(Path(bertops.__file__).parent)], input_example=pd.DataFrame(example),
-            model_config=config, pip_requirements=requirements + ["pandas"])
+        return _log_bertops_pyfunc(ExtractiveQA(), layout, example, config, requirements)
     model = AUTO_MODELS[params.task.type].from_pretrained(layout.model_dir)
     tokenizer = AutoTokenizer.from_pretrained(layout.model_dir)
     classifier = pipeline(params.task.pipeline_task, model=model, tokenizer=tokenizer)

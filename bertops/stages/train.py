@@ -138,7 +138,7 @@ def train(params: Params, layout: Layout, run_tags: dict[str, str] | None = None
         callbacks.append(GradualUnfreezing(encoder_parts(model)))
     if hp.early_stopping_patience:
         callbacks.append(EarlyStopping(monitor=monitor, mode=mode, patience=hp.early_stopping_patience))
-    precision = auto_precision(hp.precision)
+    precision = auto_precision(hp.precision, hp.accelerator)
     trainer = L.Trainer(max_epochs=hp.epochs, accelerator=hp.accelerator, devices=hp.devices, precision=precision,
                         callbacks=callbacks, logger=False,
                         num_sanity_val_steps=0, enable_model_summary=False, default_root_dir=str(work))

@@ -131,8 +131,8 @@ def _wrap_adapter(model: nn.Module, finetune: FinetuneParams, task_type: str):
         raise BertopsError(f"finetune.encoder: {finetune.encoder} is not available for task.type {task_type} "
                            f"(allowed: {', '.join(PEFT_TASK_TYPES)})")
     lora = finetune.lora
-    names = {name.split(".")[-1] for name, m in model.named_modules() if isinstance(m, nn.Linear)}
-    names |= {".".join(name.split(".")[-2:]) for name, m in model.named_modules() if isinstance(m, nn.Linear)}
+    linear = [name.split(".") for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    names = {parts[-1] for parts in linear} | {".".join(parts[-2:]) for parts in linear}
     if finetune.encoder == "lora":
         missing = [t for t in lora.target_modules if t not in names]
         if missing:
