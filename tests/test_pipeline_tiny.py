@@ -5,6 +5,7 @@ import json
 
 import mlflow
 import pytest
+import torch
 from mlflow import MlflowClient
 
 from bertops import tracking
@@ -14,6 +15,7 @@ from bertops.stages.evaluate import evaluate
 from bertops.stages.import_corpus import import_corpus
 from bertops.stages.prepare import prepare
 from bertops.stages.evaluate import classification_metrics
+from bertops.predict import predict
 from bertops.stages.register import register
 from bertops.stages.train import train
 
@@ -232,6 +234,21 @@ def test_predict_cli_prints_label_and_probability(trained, capsys):
     rows = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
     assert [r["label"] for r in rows] == ["positive", "negative"]
     assert all(0.5 < r["probability"] <= 1 for r in rows)
+    # bertops's batched inference gives what the registered transformers pipeline gives
+    tracking.configure(params, layout)
+    classify = mlflow.transformers.load_model(f"models:/{params.registry.model_name}@champion")
+    texts = [r["text"] for r in rows] + ["an odd and rambling tale that goes nowhere", "ok", "great", "dull dull"]
+    ours = predict(None, texts, None, layout.params, layout.root)
+    theirs = classify(texts)
+    assert [r["label"] for r in ours] == [o["label"] for o in theirs]
+    assert all(abs(r["probability"] - o["score"]) < 1e-3 for r, o in zip(ours, theirs))
+    # ...except that a text longer than model.max_length is cut where training and evaluation cut it
+    long_text = "an odd , long and rambling tale that goes nowhere at all " * 6
+    with torch.no_grad():
+        enc = classify.tokenizer(long_text, truncation=True, max_length=params.model.max_length, return_tensors="pt")
+        expected = torch.softmax(classify.model(**enc).logits, -1).max().item()
+    assert predict(None, [long_text], None, layout.params, layout.root)[0]["probability"] == pytest.approx(
+        expected, abs=1e-3)
 
 
 def test_predict_cli_unknown_model_is_a_clear_error(trained, capsys):
