@@ -145,3 +145,28 @@ def test_mlm_pipeline_teaches_a_new_name_and_registers_fill_mask(tmp_path, tiny_
     taught, unrelated = [json.loads(line) for line in done.stdout.strip().splitlines()[-2:]]
     assert taught["fillers"][0]["token"] == NAME
     assert unrelated["fillers"][0]["token"] in POSITIVE
+
+
+def test_masked_positions_only_loss_equals_the_models_own(tiny_mlm_model):
+    """The training step scores only the masked positions; its loss and top-1 are the model's own full forward's."""
+    import torch
+    from transformers import AutoModelForMaskedLM
+
+    from bertops.config import TrainParams
+    from bertops.training.module import MaskedLM
+
+    tokenizer = load_tokenizer(str(tiny_mlm_model))
+    model = AutoModelForMaskedLM.from_pretrained(str(tiny_mlm_model)).eval()
+    module = MaskedLM(model, set(), TrainParams())
+    model.eval()
+    texts = [{"text": f"the film was {w} and directed by {NAME}"} for w in POSITIVE[:6]]
+    collate = MaskingCollator(tokenizer, seed=0, fixed=True, probability=0.3, masking="token", replace_prob=0.8,
+                              random_prob=0.1, span_mean=3.0)
+    batch = collate(encode_texts(texts, tokenizer, 32))
+    with torch.no_grad():
+        full = model(**batch)
+        loss, logits, labels = module.masked_outputs(batch)
+    masked = batch["labels"] != IGNORE_INDEX
+    assert labels.numel() == int(masked.sum()) > 0
+    assert loss.item() == pytest.approx(full.loss.item(), rel=1e-5)
+    assert torch.equal(logits.argmax(-1), full.logits[masked].argmax(-1))
