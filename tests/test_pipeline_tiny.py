@@ -6,6 +6,7 @@ import json
 import mlflow
 import pytest
 import torch
+import yaml
 from mlflow import MlflowClient
 
 from bertops import tracking
@@ -234,11 +235,16 @@ def test_predict_cli_prints_label_and_probability(trained, capsys):
     rows = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
     assert [r["label"] for r in rows] == ["positive", "negative"]
     assert all(0.5 < r["probability"] <= 1 for r in rows)
-    # bertops's batched inference gives what the registered transformers pipeline gives
+    # bertops's batched inference gives what the registered transformers pipeline gives (in float32; `auto` may
+    # pick bf16 on this CPU, which moves probabilities by about 1e-2)
     tracking.configure(params, layout)
     classify = mlflow.transformers.load_model(f"models:/{params.registry.model_name}@champion")
+    fp32 = yaml.safe_load(layout.params.read_text())
+    fp32["train"]["precision"] = "32-true"
+    fp32_params = layout.root / "params-fp32.yaml"
+    fp32_params.write_text(yaml.safe_dump(fp32))
     texts = [r["text"] for r in rows] + ["an odd and rambling tale that goes nowhere", "ok", "great", "dull dull"]
-    ours = predict(None, texts, None, layout.params, layout.root)
+    ours = predict(None, texts, None, fp32_params, layout.root)
     theirs = classify(texts)
     assert [r["label"] for r in ours] == [o["label"] for o in theirs]
     assert all(abs(r["probability"] - o["score"]) < 1e-3 for r, o in zip(ours, theirs))
@@ -247,7 +253,7 @@ def test_predict_cli_prints_label_and_probability(trained, capsys):
     with torch.no_grad():
         enc = classify.tokenizer(long_text, truncation=True, max_length=params.model.max_length, return_tensors="pt")
         expected = torch.softmax(classify.model(**enc).logits, -1).max().item()
-    assert predict(None, [long_text], None, layout.params, layout.root)[0]["probability"] == pytest.approx(
+    assert predict(None, [long_text], None, fp32_params, layout.root)[0]["probability"] == pytest.approx(
         expected, abs=1e-3)
 
 
