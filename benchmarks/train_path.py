@@ -43,6 +43,8 @@ def main():
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--lr", type=float, default=5e-5)
+    ap.add_argument("--precision", default="auto", help="auto (what the train stage picks) | 32-true | bf16-mixed")
+    ap.add_argument("--steps", type=int, default=None, help="time only this many training steps (no validation)")
     args = ap.parse_args()
 
     labels = json.loads((args.prepared / "labels.json").read_text())
@@ -62,19 +64,21 @@ def main():
                         length_grouping=True, num_workers=2, seed=0)
     module = SequenceClassifier(model, new, hp)
     timer = Throughput()
-    trainer = L.Trainer(max_epochs=hp.epochs, precision=auto_precision("auto"), logger=False, callbacks=[timer],
-                        enable_checkpointing=False, num_sanity_val_steps=0, enable_progress_bar=False)
+    limits = {"limit_train_batches": args.steps, "limit_val_batches": 0} if args.steps else {}
+    trainer = L.Trainer(max_epochs=hp.epochs, precision=auto_precision(args.precision), logger=False, callbacks=[timer],
+                        enable_checkpointing=False, num_sanity_val_steps=0, enable_progress_bar=False, **limits)
     trainer.fit(module, datamodule=data)
     split = data.splits["train"]
+    samples = min(len(split), args.steps * hp.batch_size) if args.steps else len(split)
     opt = trainer.optimizers[0]
     print(json.dumps({
         "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
         "precision": trainer.precision, "optimizer": type(opt).__name__, "fused": opt.defaults.get("fused"),
         "bias_correction": "torch AdamW (always bias-corrected)",
-        "last_epoch_seconds": round(timer.seconds, 2), "samples_per_s": round(len(split) / timer.seconds, 1),
-        "real_tokens_per_s": round(split.real_tokens() / timer.seconds, 1),
+        "last_epoch_seconds": round(timer.seconds, 2), "samples_per_s": round(samples / timer.seconds, 1),
+        "real_tokens_per_s": None if args.steps else round(split.real_tokens() / timer.seconds, 1),
         "peak_gpu_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch.cuda.is_available() else None,
-        "val_accuracy": round(float(trainer.callback_metrics["val_accuracy"]), 4),
+        "val_accuracy": None if args.steps else round(float(trainer.callback_metrics["val_accuracy"]), 4),
         "versions": {"torch": torch.__version__, "lightning": L.__version__},
     }))
 
