@@ -1,7 +1,8 @@
 """The registered form of a sequence- or token-classification model that the transformers flavor cannot carry:
 a peft adapter (only the adapter and head weights are stored; the base model is named in adapter_config.json
-and loaded when the model is) or a model whose head reads a learned mix of all layers (scalar mix), logged as an MLflow pyfunc model that runs bertops's own inference code (the
-code that evaluated it, shipped with the model through `code_paths`)."""
+and loaded when the model is) or a model whose head reads a learned mix of all layers (scalar mix), logged as
+an MLflow pyfunc model that runs bertops's own inference code (the code that evaluated it, shipped with the
+model through `code_paths`)."""
 
 from __future__ import annotations
 

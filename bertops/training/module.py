@@ -166,17 +166,17 @@ class MaskedLM(FineTuner):
         instead of all of them: its projection onto the vocabulary costs more than the whole encoder per token
         for a small model (MiniLM: 384 x 30,522 vs about 6 x 1.8 M multiply-adds). Same loss as the model's own
         forward, which scores every position and then ignores the unmasked ones."""
-        labels = batch["labels"]
-        masked = labels != IGNORE_INDEX
+        masked = batch["labels"] != IGNORE_INDEX
+        targets = batch["labels"][masked]
         if self._head is None:  # a model family whose head we do not know: its own forward
             out = self.model(**batch)
-            return out.loss, out.logits[masked], labels[masked]
+            return out.loss, out.logits[masked], targets
         inputs = {k: v for k, v in batch.items() if k != "labels"}
         hidden = self.model.base_model(**inputs).last_hidden_state
         logits = self._head(hidden[masked])
         if logits.shape[0] == 0:  # nothing masked in this batch: a zero loss that still reaches every weight
-            return logits.sum() + hidden.sum() * 0.0, logits, labels[masked]
-        return torch.nn.functional.cross_entropy(logits.float(), labels[masked]), logits, labels[masked]
+            return logits.sum() + hidden.sum() * 0.0, logits, targets
+        return torch.nn.functional.cross_entropy(logits.float(), targets), logits, targets
 
     def training_step(self, batch, batch_idx):
         loss = self.masked_outputs(batch)[0]
@@ -190,7 +190,7 @@ class MaskedLM(FineTuner):
         loss, logits, labels = self.masked_outputs(batch)
         n = labels.numel()
         correct = (logits.argmax(-1) == labels).sum()
-        self._sums += torch.stack([loss.float() * n, torch.tensor(float(n), device=loss.device), correct.float()])
+        self._sums += torch.stack([loss.float() * n, loss.new_tensor(float(n)).float(), correct.float()])
 
     def on_validation_epoch_end(self):
         loss_sum, n, correct = self._sums.tolist()
