@@ -133,7 +133,7 @@ def metric_mode(metric: str) -> str:
 class TrainParams(_Section):
     seed: int = Field(0, ge=0)
     epochs: int = Field(4, ge=1, le=1000, description="maximum epochs; early stopping may end sooner")
-    batch_size: int = Field(32, ge=1)
+    batch_size: int = Field(32, ge=1, description="examples per optimizer step, over all training processes")
     eval_batch_size: int = Field(128, ge=1)
     lr: float = Field(5e-5, gt=0, le=1.0, description="peak learning rate of the encoder")
     head_lr: float | None = Field(None, gt=0, le=1.0, description="peak learning rate of the new head; null = lr")
@@ -152,13 +152,26 @@ class TrainParams(_Section):
         "auto", description="auto = bf16-mixed on a GPU that supports it or a CPU with AMX, else 32-true"
     )
     accelerator: Literal["auto", "cpu", "gpu"] = "auto"
-    devices: int | Literal["auto"] = "auto"
+    devices: int | Literal["auto"] = Field("auto", description="devices per machine (on a CPU: processes); auto = "
+                                                              "one CPU, or every GPU with strategy ddp / fsdp")
+    strategy: Literal["auto", "ddp", "fsdp"] = Field(
+        "auto", description="auto = one device; ddp = one process per device, gradients all-reduced; fsdp = "
+                            "weights, gradients and optimizer state sharded across devices (models too large for one)")
+    num_nodes: int = Field(1, ge=1, description="machines (README: Training on several GPUs)")
     length_grouping: bool = Field(True, description="batch examples of similar length (less padding)")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes")
     max_train_examples: int | None = Field(None, ge=1, description="train on a random subset of N examples (seeded by train.seed)")
     train_fraction: float = Field(1.0, gt=0, le=1, description="train on a random share of the training split "
                                                                "(seeded by train.seed); 1 = all of it")
     resume: bool = Field(True, description="continue from the last checkpoint of an interrupted run")
+
+    @model_validator(mode="after")
+    def _distribution_is_explicit(self):
+        several = (isinstance(self.devices, int) and self.devices > 1) or self.num_nodes > 1
+        if several and self.strategy == "auto":
+            raise ValueError(f"strategy: auto trains on one device; devices: {self.devices} / num_nodes: "
+                             f"{self.num_nodes} need strategy ddp or fsdp (allowed: auto, ddp, fsdp)")
+        return self
 
     @model_validator(mode="after")
     def _betas_in_range(self):
@@ -262,6 +275,10 @@ class Params(_Section):
             raise ValueError(f"finetune.encoder: {self.finetune.encoder} / finetune.layer_features: "
                              f"{self.finetune.layer_features} do not apply to masked_lm pretraining, which trains "
                              "the encoder itself (allowed: encoder full, layer_features last)")
+        if self.finetune.gradual_unfreezing and self.train.strategy != "auto":
+            # DDP and FSDP fix the set of trained weights when they wrap the model
+            raise ValueError(f"finetune.gradual_unfreezing needs train.strategy: auto (one device), got "
+                             f"train.strategy: {self.train.strategy}")
         return self
     tracking: TrackingParams = TrackingParams()
 

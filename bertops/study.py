@@ -134,7 +134,12 @@ def load_study(path: str | Path, project: str | Path = ".") -> Study:
                 raise ParamsError(f"{path}: grid.{key}: a key without a dot is a named axis whose values are "
                                   f"mappings of train.*/finetune.* keys; got {value!r}")
         label = ", ".join(f"{k}={v}" for k, v in overrides.items())
-        runs.append(StudyRun(overrides, parse_params(raw, f"{path} (run {label})")))  # every run checked first
+        run_params = parse_params(raw, f"{path} (run {label})")  # every run checked first
+        if run_params.train.strategy != "auto":
+            # the runs train inside this process: a multi-process launch would re-run the whole study per rank
+            raise ParamsError(f"{path} (run {label}): train.strategy: {run_params.train.strategy}: a study trains "
+                              f"its runs in one process (allowed: auto; `parallel` runs several at once)")
+        runs.append(StudyRun(overrides, run_params))
     return Study(spec.name, path, project, runs, spec.parallel)
 
 

@@ -48,7 +48,7 @@ def synthetic_reviews(n: int, seed: int = 0) -> list[tuple[str, str]]:
     return rows
 
 
-def write_tiny_bert(path: Path, words: list[str]) -> Path:
+def write_tiny_bert(path: Path, words: list[str], dropout: float = 0.1) -> Path:
     """A 2-layer, hidden-32 random-init BertModel (encoder only, like the packaged MiniLM) + WordPiece vocab."""
     from transformers import BertConfig, BertModel, BertTokenizer
 
@@ -59,7 +59,8 @@ def write_tiny_bert(path: Path, words: list[str]) -> Path:
     assert "[UNK]" not in tokenizer.tokenize("the movie was great 42")
     tokenizer.save_pretrained(path)
     config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=64)
+                        intermediate_size=64, max_position_embeddings=64, hidden_dropout_prob=dropout,
+                        attention_probs_dropout_prob=dropout)
     import torch
 
     torch.manual_seed(0)

@@ -75,6 +75,8 @@ def test_bad_study_files_name_the_problem(tiny_project):
              ({"grid": {"train.optimizer": ["sgd"]}}, r"(?s)run train.optimizer=sgd.*train.optimizer: .*bertadam"),
              ({"grid": {"finetune.encoder": ["frozen"]}, "fixed": {"finetune.freeze_layers": 1}},
               "apply to encoder: full"),
+             ({"grid": {"train.seed": [0]}, "fixed": {"train.strategy": "ddp", "train.devices": 2}},
+              "train.strategy: ddp: a study trains its runs in one process"),
              ({"grid": {}}, "grid"))
     for change, message in cases:
         (root / "bad.yaml").write_text(yaml.safe_dump({"name": "bad", **change}))

@@ -22,6 +22,7 @@ from bertops.layout import Layout
 from bertops.mlm.masking import masking_options
 from bertops.modeling import (add_tokens, carry_pooler, load_classifier, load_tokenizer, resolve_model_path,
                               save_trained)
+from bertops.training import distributed
 from bertops.training.data import FineTuneData
 from bertops.training.mlflow_logging import MlflowMetricsLogger
 from bertops.training.strategies import GradualUnfreezing, apply_strategy, encoder_parts, parameter_counts
@@ -75,8 +76,9 @@ def _write_history(client: MlflowClient, run_id: str, layout: Layout, val_keys: 
             writer.writerow([epoch, step, *(f"{val[k].get(step, float('nan')):.6f}" for k in val)])
 
 
-def train(params: Params, layout: Layout, run_tags: dict[str, str] | None = None) -> dict:
-    """Fine-tune; `run_tags` go on the MLflow run (a study passes `mlflow.parentRunId` to nest its runs)."""
+def train(params: Params, layout: Layout, run_tags: dict[str, str] | None = None) -> dict | None:
+    """Fine-tune; `run_tags` go on the MLflow run (a study passes `mlflow.parentRunId` to nest its runs). Returns the
+    run's summary, or None in a training process other than rank zero."""
     hp = params.train
     # before the model is built: the new head's initial weights come from this seed too
     L.seed_everything(hp.seed, workers=True, verbose=False)
@@ -92,25 +94,31 @@ def train(params: Params, layout: Layout, run_tags: dict[str, str] | None = None
     log.info("finetune.encoder=%s: %d of %d parameters train", params.finetune.encoder, counts["trainable_params"],
              counts["total_params"])
 
-    experiment_id = tracking.configure(params, layout)
-    client = MlflowClient()
+    rank_zero = distributed.is_rank_zero()
     work = layout.work_dir / "train" / _fingerprint(params, layout)
     state_file, last_ckpt = work / "state.json", work / "ckpt" / "last.ckpt"
-    resume = hp.resume and state_file.is_file() and _readable_checkpoint(last_ckpt)
-    if resume:
-        run_id = json.loads(state_file.read_text())["run_id"]
-        client.update_run(run_id, status="RUNNING")
-        log.info("resuming MLflow run %s from %s", run_id, last_ckpt)
-    else:
-        shutil.rmtree(work, ignore_errors=True)
-        work.mkdir(parents=True)
-        run = client.create_run(experiment_id, run_name=f"train-{params.registry.model_name}",
-                                tags={"bertops.stage": "train", "bertops.base_model": params.model.name_or_path,
-                                      "bertops.params_hash": params_hash(params), **(run_tags or {})})
-        run_id = run.info.run_id
-        client.log_batch(run_id, params=[Param(k, v[:6000]) for k, v in flat_params(params).items()])
-        client.log_param(run_id, "model.resolved_path", resolve_model_path(params.model.name_or_path))
-        state_file.write_text(json.dumps({"run_id": run_id}))
+    client = experiment_id = None
+    if rank_zero:
+        experiment_id = tracking.configure(params, layout)
+        client = MlflowClient()
+        resume = hp.resume and state_file.is_file() and _readable_checkpoint(last_ckpt)
+        if resume:
+            run_id = json.loads(state_file.read_text())["run_id"]
+            client.update_run(run_id, status="RUNNING")
+            log.info("resuming MLflow run %s from %s", run_id, last_ckpt)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+            work.mkdir(parents=True)
+            run = client.create_run(experiment_id, run_name=f"train-{params.registry.model_name}",
+                                    tags={"bertops.stage": "train", "bertops.base_model": params.model.name_or_path,
+                                          "bertops.params_hash": params_hash(params), **(run_tags or {})})
+            run_id = run.info.run_id
+            client.log_batch(run_id, params=[Param(k, v[:6000]) for k, v in flat_params(params).items()])
+            client.log_param(run_id, "model.resolved_path", resolve_model_path(params.model.name_or_path))
+        distributed.announce(state_file, {"run_id": run_id, "resume": resume})
+    else:  # another rank of a multi-process run: rank zero owns the MLflow run and the work directory
+        state = distributed.await_announcement(state_file)
+        run_id, resume = state["run_id"], state["resume"]
 
     data = FineTuneData(
         {name: layout.split(name) for name in ("train", "val")}, tokenizer, labels,
@@ -131,24 +139,31 @@ def train(params: Params, layout: Layout, run_tags: dict[str, str] | None = None
     mode = metric_mode(task.metric)
     checkpoint = ModelCheckpoint(dirpath=work / "ckpt", filename="best", monitor=monitor, mode=mode, save_top_k=1,
                                  save_last=True, enable_version_counter=False)
-    callbacks = [checkpoint, TQDMProgressBar(refresh_rate=10),
-                 MlflowMetricsLogger(client, run_id, log_every_n_steps=params.tracking.log_every_n_steps,
-                                     flush_every_n_steps=params.tracking.flush_every_n_steps)]
+    callbacks = [checkpoint, TQDMProgressBar(refresh_rate=10)]
+    if rank_zero:
+        callbacks.append(MlflowMetricsLogger(client, run_id, log_every_n_steps=params.tracking.log_every_n_steps,
+                                             flush_every_n_steps=params.tracking.flush_every_n_steps))
     if params.finetune.gradual_unfreezing:
         callbacks.append(GradualUnfreezing(encoder_parts(model)))
     if hp.early_stopping_patience:
         callbacks.append(EarlyStopping(monitor=monitor, mode=mode, patience=hp.early_stopping_patience))
     precision = auto_precision(hp.precision, hp.accelerator)
-    trainer = L.Trainer(max_epochs=hp.epochs, accelerator=hp.accelerator, devices=hp.devices, precision=precision,
-                        callbacks=callbacks, logger=False,
+    # strategy auto: one device, even on a machine with several GPUs (Lightning would pick them all)
+    devices = 1 if hp.strategy == "auto" and hp.devices == "auto" else hp.devices
+    trainer = L.Trainer(max_epochs=hp.epochs, accelerator=hp.accelerator, devices=devices, num_nodes=hp.num_nodes,
+                        strategy=distributed.lightning_strategy(hp.strategy), precision=precision,
+                        callbacks=callbacks, logger=False, use_distributed_sampler=False,  # FineTuneData splits
                         num_sanity_val_steps=0, enable_model_summary=False, default_root_dir=str(work))
     started = time.perf_counter()
     try:
         trainer.fit(module, datamodule=data, ckpt_path=str(last_ckpt) if resume else None)
     except BaseException:
-        client.update_run(run_id, status="FAILED")  # the checkpoint stays for a resume
+        if rank_zero:
+            client.update_run(run_id, status="FAILED")  # the checkpoint stays for a resume
         raise
     fit_seconds = time.perf_counter() - started
+    if not rank_zero:
+        return None  # rank zero exports, logs and reports
     if trainer.interrupted:  # Lightning turns Ctrl-C into a graceful stop: keep the checkpoint, export nothing
         client.set_terminated(run_id, "KILLED")
         raise BertopsError(f"training interrupted; re-run the train stage to resume from {last_ckpt}")
@@ -167,6 +182,7 @@ def train(params: Params, layout: Layout, run_tags: dict[str, str] | None = None
         "epochs_trained": trainer.current_epoch,
         "fit_seconds": round(fit_seconds, 1),
         "precision": precision,
+        "processes": trainer.world_size,
         **counts,
         "checkpoint_mb": round(sum(f.stat().st_size for f in layout.model_dir.rglob("*") if f.is_file()) / 2**20, 2),
         "train_examples": len(data.splits["train"]),

@@ -12,6 +12,9 @@ from torch.utils.data import DataLoader, Dataset
 from transformers import DataCollatorForTokenClassification, DataCollatorWithPadding
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
+from bertops.errors import BertopsError
+from bertops.training import distributed
+
 
 def read_split(path: Path) -> list[dict]:
     with Path(path).open() as fh:
@@ -136,13 +139,21 @@ class FineTuneData(L.LightningDataModule):
     def _loader(self, name: str, batch_size: int, train: bool) -> DataLoader:
         split = self.splits[name]
         generator = torch.Generator().manual_seed(self.seed)
-        if train and self.length_grouping:
-            sampler = LengthGroupedSampler(batch_size, lengths=split.lengths, generator=generator)
-        elif train:
-            sampler = torch.utils.data.RandomSampler(split, generator=generator)
+        trainer = self.trainer  # None outside a Trainer (predict, tests)
+        world = distributed.rank_and_world(trainer)[1]
+        if train:
+            # train.batch_size is the global batch: each of the `world` processes takes its share of it
+            if batch_size % world:
+                raise BertopsError(f"train.batch_size ({batch_size}) must be a multiple of the number of training "
+                                   f"processes ({world})")
+            if self.length_grouping:
+                sampler = LengthGroupedSampler(batch_size, lengths=split.lengths, generator=generator)
+            else:
+                sampler = torch.utils.data.RandomSampler(split, generator=generator)
+            sampler, batch_size = distributed.train_sampler(sampler, trainer), batch_size // world
         else:
             # evaluation order does not matter for metrics: sort by length for the least padding
-            sampler = sorted(range(len(split)), key=split.lengths.__getitem__)
+            sampler = distributed.eval_indices(sorted(range(len(split)), key=split.lengths.__getitem__), trainer)
         collate = self.collate if train or self.eval_collate is None else self.eval_collate
         return DataLoader(split, batch_size=batch_size, sampler=sampler, collate_fn=collate,
                           num_workers=self.num_workers, pin_memory=torch.cuda.is_available(),

@@ -12,6 +12,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 from bertops.config import FinetuneParams, TrainParams
 from bertops.ner_metrics import entity_scores
 from bertops.training.data import IGNORE_INDEX
+from bertops.training.distributed import gather_objects
 from bertops.training.optim import build_optimizer, build_schedule, param_groups
 from bertops.training.strategies import encoder_parts
 
@@ -73,7 +74,7 @@ class SequenceClassifier(FineTuner):
         preds = out.logits.argmax(-1)
         self.val_accuracy.update(preds, batch["labels"])
         self.val_macro_f1.update(preds, batch["labels"])
-        self.log("val_loss", out.loss, on_epoch=True, batch_size=len(preds), logger=False)
+        self.log("val_loss", out.loss, on_epoch=True, batch_size=len(preds), logger=False, sync_dist=True)
 
     def on_validation_epoch_end(self):
         self.log("val_accuracy", self.val_accuracy.compute(), prog_bar=True, logger=False)
@@ -97,7 +98,7 @@ class TokenClassifier(FineTuner):
     def validation_step(self, batch, batch_idx):
         out = self.model(**batch)
         labels = batch["labels"]
-        self.log("val_loss", out.loss, on_epoch=True, batch_size=len(labels), logger=False)
+        self.log("val_loss", out.loss, on_epoch=True, batch_size=len(labels), logger=False, sync_dist=True)
         keep = labels != IGNORE_INDEX
         preds, labels, keep = out.logits.argmax(-1).cpu(), labels.cpu(), keep.cpu()  # once per batch
         for p, g, k in zip(preds, labels, keep):
@@ -105,7 +106,10 @@ class TokenClassifier(FineTuner):
             self._pred.append([self.id2label[int(i)] for i in p[k]])
 
     def on_validation_epoch_end(self):
-        scores = entity_scores(self._gold, self._pred, self.tag_scheme)
+        # several training processes: each validated its share of the sentences
+        gold = [s for part in gather_objects(self._gold) for s in part]
+        pred = [s for part in gather_objects(self._pred) for s in part]
+        scores = entity_scores(gold, pred, self.tag_scheme)
         self._gold, self._pred = [], []
         self.log("val_f1", scores["f1"], prog_bar=True, logger=False)
         self.log("val_precision", scores["precision"], logger=False)
@@ -129,7 +133,7 @@ class QuestionAnswerer(FineTuner):
     def validation_step(self, batch, batch_idx):
         index = batch.pop("feature_index").tolist()
         out = self.model(**batch)
-        self.log("val_loss", out.loss, on_epoch=True, batch_size=len(index), logger=False)
+        self.log("val_loss", out.loss, on_epoch=True, batch_size=len(index), logger=False, sync_dist=True)
         starts, ends = out.start_logits.float().cpu().numpy(), out.end_logits.float().cpu().numpy()
         for row, i in enumerate(index):
             self._logits[i] = (starts[row], ends[row])
@@ -140,6 +144,8 @@ class QuestionAnswerer(FineTuner):
 
         data = self.trainer.datamodule
         features, rows = data.splits["val"].features, data.rows["val"]
+        for part in gather_objects(self._logits):  # several training processes: each scored its share of windows
+            self._logits.update(part)
         answers = best_answers(features, [self._logits[i][0] for i in range(len(features))],
                                [self._logits[i][1] for i in range(len(features))], [r["context"] for r in rows],
                                n_best=self.task.n_best, max_answer_length=self.task.max_answer_length,
@@ -193,7 +199,7 @@ class MaskedLM(FineTuner):
         self._sums += torch.stack([loss.float() * n, loss.new_tensor(float(n)).float(), correct.float()])
 
     def on_validation_epoch_end(self):
-        loss_sum, n, correct = self._sums.tolist()
+        loss_sum, n, correct = self.trainer.strategy.reduce(self._sums, reduce_op="sum").tolist()
         mean = loss_sum / max(n, 1.0)
         self.log("val_loss", mean, logger=False)
         self.log("val_perplexity", math.exp(min(mean, 50.0)), prog_bar=True, logger=False)
