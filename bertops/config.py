@@ -153,10 +153,9 @@ class TrainParams(_Section):
     )
     accelerator: Literal["auto", "cpu", "gpu"] = "auto"
     devices: int | Literal["auto"] = Field("auto", description="devices per machine (on a CPU: processes); auto = "
-                                                              "one CPU, or every GPU with strategy ddp / fsdp")
-    strategy: Literal["auto", "ddp", "fsdp"] = Field(
-        "auto", description="auto = one device; ddp = one process per device, gradients all-reduced; fsdp = "
-                            "weights, gradients and optimizer state sharded across devices (models too large for one)")
+                                                              "one CPU, or every GPU with strategy ddp")
+    strategy: Literal["auto", "ddp"] = Field(
+        "auto", description="auto = one device; ddp = one process per device (DistributedDataParallel)")
     num_nodes: int = Field(1, ge=1, description="machines (README: Training on several GPUs)")
     length_grouping: bool = Field(True, description="batch examples of similar length (less padding)")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes")
@@ -170,7 +169,7 @@ class TrainParams(_Section):
         several = (isinstance(self.devices, int) and self.devices > 1) or self.num_nodes > 1
         if several and self.strategy == "auto":
             raise ValueError(f"strategy: auto trains on one device; devices: {self.devices} / num_nodes: "
-                             f"{self.num_nodes} need strategy ddp or fsdp (allowed: auto, ddp, fsdp)")
+                             f"{self.num_nodes} need strategy ddp (allowed: auto, ddp)")
         return self
 
     @model_validator(mode="after")
@@ -276,7 +275,7 @@ class Params(_Section):
                              f"{self.finetune.layer_features} do not apply to masked_lm pretraining, which trains "
                              "the encoder itself (allowed: encoder full, layer_features last)")
         if self.finetune.gradual_unfreezing and self.train.strategy != "auto":
-            # DDP and FSDP fix the set of trained weights when they wrap the model
+            # DDP fixes the set of trained weights when it wraps the model
             raise ValueError(f"finetune.gradual_unfreezing needs train.strategy: auto (one device), got "
                              f"train.strategy: {self.train.strategy}")
         return self

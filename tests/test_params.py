@@ -31,8 +31,8 @@ def test_repo_params_are_valid():
     ("task", "metric", "auc", "task.metric: Input should be 'accuracy' or 'macro_f1'"),
     ("corpus", "split", {"val": 0.7, "test": 0.1, "seed": 0}, "corpus.split.val: Input should be less than 0.5"),
     ("train", "adam_betas", [0.9, 1.5], "adam_betas[1] must be in [0, 1)"),
-    ("train", "strategy", "deepspeed", "train.strategy: Input should be 'auto', 'ddp' or 'fsdp'"),
-    ("train", "devices", 2, "devices: 2 / num_nodes: 1 need strategy ddp or fsdp"),
+    ("train", "strategy", "deepspeed", "train.strategy: Input should be 'auto' or 'ddp'"),
+    ("train", "devices", 2, "devices: 2 / num_nodes: 1 need strategy ddp"),
 ])
 def test_bad_param_names_field_and_allowed(section, key, value, expected):
     raw = repo_params()

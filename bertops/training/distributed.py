@@ -1,4 +1,4 @@
-"""Training on several processes (DDP, FSDP): which process is rank zero, how the other ranks learn what rank zero
+"""Training on several processes (DDP): which process is rank zero, how the other ranks learn what rank zero
 set up, how the data is split between ranks, and how validation outputs are gathered.
 
 Every rank runs the same `bertops train` command: Lightning's own launcher (`train.devices: N` on one machine)
@@ -80,12 +80,6 @@ def lightning_strategy(name: str):
         # every trainable weight gets a gradient in every step (the strategies freeze what they do not train);
         # gradients as views of the all-reduce buckets save a copy per step
         return DDPStrategy(find_unused_parameters=False, gradient_as_bucket_view=True)
-    if name == "fsdp":
-        from lightning.pytorch.strategies import FSDPStrategy
-
-        # whole-model checkpoints (the export reads them as one state dict); original parameters kept so that
-        # the optimizer's per-layer groups (head lr, layer-wise decay, no decay on norms) still apply
-        return FSDPStrategy(state_dict_type="full", use_orig_params=True)
     return name
 
 

@@ -38,6 +38,15 @@ class FineTuner(L.LightningModule):
         self.log("train_loss", loss, prog_bar=True, logger=False, on_step=True, on_epoch=False)
         return loss
 
+    def token_mean(self, total: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+        """The mean loss per token over the whole global batch. DDP averages the ranks' gradients, so a rank's
+        own token mean would weigh a token on a rank with few of them more than one on a busy rank: divide by the
+        mean token count per rank instead (one scalar all-reduce, no host sync), and the gradient is exactly the
+        one-process one."""
+        if self.trainer.world_size > 1:
+            count = self.trainer.strategy.reduce(count.float(), reduce_op="sum") / self.trainer.world_size
+        return total / count.float().clamp_min(1.0)
+
     def on_before_optimizer_step(self, optimizer):
         # Clipping here rather than through Trainer(gradient_clip_val=...): Lightning's mixed-precision plugin
         # refuses to clip for fused optimizers, and this hook already sees unscaled gradients.
@@ -94,6 +103,15 @@ class TokenClassifier(FineTuner):
         self.tag_scheme = tag_scheme
         self._gold: list[list[str]] = []
         self._pred: list[list[str]] = []
+
+    def training_step(self, batch, batch_idx):
+        labels = batch["labels"]
+        logits = self.model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+        total = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(),
+                                                  ignore_index=IGNORE_INDEX, reduction="sum")
+        loss = self.token_mean(total, (labels != IGNORE_INDEX).sum())
+        self.log("train_loss", loss, prog_bar=True, logger=False, on_step=True, on_epoch=False)
+        return loss
 
     def validation_step(self, batch, batch_idx):
         out = self.model(**batch)
@@ -185,7 +203,8 @@ class MaskedLM(FineTuner):
         return torch.nn.functional.cross_entropy(logits.float(), targets), logits, targets
 
     def training_step(self, batch, batch_idx):
-        loss = self.masked_outputs(batch)[0]
+        mean, _, targets = self.masked_outputs(batch)
+        loss = self.token_mean(mean * targets.numel(), mean.new_tensor(float(targets.numel())))
         self.log("train_loss", loss, prog_bar=True, logger=False, on_step=True, on_epoch=False)
         return loss
 
