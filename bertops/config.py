@@ -235,6 +235,9 @@ class RegistryParams(_Section):
                                       "1 = no significance required)")
     max_class_regression: float | None = Field(
         0.05, ge=0, le=1, description="no class / entity type may lose more F1 than this; null = not checked")
+    min_class_support: int = Field(
+        10, ge=1, description="classes / entity types with fewer test examples than this are left out of the "
+                              "regression check (one example moves their F1 by a large step)")
     bootstrap_samples: int = Field(1000, ge=100, le=100_000, description="resamples for the paired bootstrap")
 
 

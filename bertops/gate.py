@@ -6,7 +6,8 @@ check must pass:
 - significance: the improvement is significant at `registry.alpha` by a paired, one-sided test (H1: the
   challenger is better): McNemar's exact test on per-example correctness for accuracy, a paired bootstrap over
   test examples for macro F1, entity F1, QA exact match / F1 and perplexity;
-- class_regression: no class (or entity type) loses more than `registry.max_class_regression` F1.
+- class_regression: no class (or entity type) with at least `registry.min_class_support` test examples loses
+  more than `registry.max_class_regression` F1 (rarer ones are listed as not checked: their F1 is noise).
 """
 
 from __future__ import annotations
@@ -29,12 +30,14 @@ class Evidence:
     test_split: str  # sha256 of the test split file
     predictions: list[dict] | None  # reports/test_predictions.jsonl rows in test-split order (None: not kept)
     class_f1: dict[str, float] = field(default_factory=dict)  # per class / entity type; {} for QA and MLM
+    class_support: dict[str, int] = field(default_factory=dict)  # gold test examples / entities of each
 
     @classmethod
     def from_reports(cls, metrics: dict, predictions: list[dict] | None, test_split: str) -> "Evidence":
         table = metrics.get("per_class") or metrics.get("per_type") or {}
         return cls(metric=metrics["metric"], value=float(metrics[metrics["metric"]]), test_split=test_split,
-                   predictions=predictions, class_f1={label: float(s["f1"]) for label, s in table.items()})
+                   predictions=predictions, class_f1={label: float(s["f1"]) for label, s in table.items()},
+                   class_support={label: int(s["support"]) for label, s in table.items() if "support" in s})
 
 
 @dataclass(frozen=True)
@@ -149,20 +152,27 @@ def significance(challenger: Evidence, champion: Evidence, alpha: float, samples
     return Check("significance", p <= alpha, f"{test} p={p:.4g} ({numbers}): {verdict} at alpha {alpha}"), p, test
 
 
-def class_regressions(challenger: Evidence, champion: Evidence, tolerance: float | None) -> Check:
+def class_regressions(challenger: Evidence, champion: Evidence, tolerance: float | None,
+                      min_support: int = 1) -> Check:
     if tolerance is None:
         return Check("class_regression", True, "not checked (registry.max_class_regression is null)")
+    # the test split is the same for both (checked before), so the challenger's support is the champion's too
+    rare = sorted(label for label in challenger.class_f1
+                  if challenger.class_support.get(label, min_support) < min_support)
     drops = {label: champion.class_f1[label] - f1 for label, f1 in challenger.class_f1.items()
-             if label in champion.class_f1}
+             if label in champion.class_f1 and label not in rare}
+    skipped = (f"; not checked, under {min_support} test examples: "
+               + ", ".join(f"{label} ({challenger.class_support[label]})" for label in rare)) if rare else ""
     worst = sorted(((d, label) for label, d in drops.items() if d > tolerance), reverse=True)
     if worst:
         listed = ", ".join(f"{label} F1 {champion.class_f1[label]:.4f} -> {challenger.class_f1[label]:.4f}"
                            for _, label in worst)
-        return Check("class_regression", False, f"regresses by more than {tolerance}: {listed}")
+        return Check("class_regression", False, f"regresses by more than {tolerance}: {listed}{skipped}")
     if not drops:
-        return Check("class_regression", True, "no per-class scores to compare")
+        return Check("class_regression", True, "no per-class scores to compare" + skipped)
     largest = max(drops.values())
-    return Check("class_regression", True, f"no class loses more than {tolerance} F1 (largest drop {largest:+.4f})")
+    return Check("class_regression", True,
+                 f"no class loses more than {tolerance} F1 (largest drop {largest:+.4f}){skipped}")
 
 
 def decide(challenger: Evidence, champion: Evidence | None, champion_version: str | None,
@@ -184,7 +194,8 @@ def decide(challenger: Evidence, champion: Evidence | None, champion_version: st
                     f"{champion.value:.4f}: improvement {delta:+.4f} (must be > 0 and >= min_delta "
                     f"{registry.min_delta})")]
     sig, p_value, test = significance(challenger, champion, registry.alpha, registry.bootstrap_samples)
-    checks += [sig, class_regressions(challenger, champion, registry.max_class_regression)]
+    checks += [sig, class_regressions(challenger, champion, registry.max_class_regression,
+                                      registry.min_class_support)]
     failed = [c for c in checks if not c.passed]
     if failed:
         reason = "; ".join(f"{c.name} failed: {c.detail}" for c in failed)

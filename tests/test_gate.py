@@ -18,11 +18,12 @@ from bertops.ner_metrics import entity_scores, entity_spans
 REGISTRY = RegistryParams(model_name="m")
 
 
-def classified(correct: list[bool], split="s1", metric="accuracy", class_f1=None) -> Evidence:
+def classified(correct: list[bool], split="s1", metric="accuracy", class_f1=None, support=None) -> Evidence:
     rows = [{"line": i + 2, "label": "pos" if i % 2 else "neg",
              "predicted": ("pos" if i % 2 else "neg") if ok else ("neg" if i % 2 else "pos"), "correct": ok}
             for i, ok in enumerate(correct)]
-    return Evidence(metric, float(np.mean(correct)), split, rows, class_f1 or {})
+    return Evidence(metric, float(np.mean(correct)), split, rows, class_f1 or {},
+                    {label: (support or {}).get(label, 20) for label in class_f1 or {}})
 
 
 def test_mcnemar_exact_one_sided():
@@ -69,6 +70,13 @@ def test_paired_bootstrap_direction_and_no_difference():
     (classified([True] * 40, class_f1={"pos": 0.99, "neg": 0.80}),
      classified([True] * 30 + [False] * 10, class_f1={"pos": 0.70, "neg": 0.90}), False,
      "class_regression failed: regresses by more than 0.05: neg F1 0.9000 -> 0.8000"),
+    # a class with 2 test examples: F1 0.5 -> 0 is one example; left out, and said so
+    (classified([True] * 40, class_f1={"pos": 0.99, "neg": 0.95, "rare": 0.0}, support={"rare": 2}),
+     classified([True] * 30 + [False] * 10, class_f1={"pos": 0.70, "neg": 0.90, "rare": 0.5}), True,
+     "not checked, under 10 test examples: rare (2)"),
+    (classified([True] * 40, class_f1={"pos": 0.99, "neg": 0.60, "rare": 0.0}, support={"rare": 2}),
+     classified([True] * 30 + [False] * 10, class_f1={"pos": 0.70, "neg": 0.90, "rare": 0.5}), False,
+     "neg F1 0.9000 -> 0.6000; not checked, under 10 test examples: rare (2)"),
 ])
 def test_decide(challenger, champion, promote, why):
     decision = decide(challenger, champion, "3" if champion else None, REGISTRY)
