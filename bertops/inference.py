@@ -28,6 +28,12 @@ def _encoded(enc, n: int) -> list[dict]:
     return [{k: enc[k][i] for k in enc.keys()} for i in range(n)]
 
 
+def top_labels(model, probs) -> list[tuple[str, float]]:
+    """Each row's most probable label (by the model's id2label) and its probability."""
+    id2label = {int(i): label for i, label in model.config.id2label.items()}
+    return [(id2label[int(p.argmax())], float(p.max())) for p in probs]
+
+
 @torch.inference_mode()
 def predict_proba(model, tokenizer, texts: list[str], pairs: list[str] | None = None, *, max_length: int,
                   batch_size: int = 128, bf16: bool | None = None) -> np.ndarray:

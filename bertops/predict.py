@@ -90,16 +90,15 @@ def _classify(classifier, texts: list[str], pair_inputs: list[dict] | None, *, m
     length-sorted batches, cut at the length the model was trained and evaluated at, in bf16 where training
     would use it (`train.precision`). On the 2-core AMX CPU: 1.6x the pipeline's texts/s in float32 with the
     same labels and probabilities, 3.4x in bf16 (1 label in 1,057 differs; benchmarks/predict_throughput.py)."""
-    from bertops.inference import predict_proba
+    from bertops.inference import predict_proba, top_labels
 
     model, tokenizer = classifier.model, classifier.tokenizer
     max_length = min(max_length, tokenizer.model_max_length)
     firsts = [x["text"] for x in pair_inputs] if pair_inputs else texts
     seconds = [x["text_pair"] for x in pair_inputs] if pair_inputs else None
     probs = predict_proba(model, tokenizer, firsts, seconds, max_length=max_length, batch_size=64, bf16=bf16)
-    id2label = {int(i): label for i, label in model.config.id2label.items()}
-    return [{"text": t, "label": id2label[int(p.argmax())], "probability": round(float(p.max()), 4)}
-            for t, p in zip(texts, probs)]
+    return [{"text": t, "label": label, "probability": round(probability, 4)}
+            for t, (label, probability) in zip(texts, top_labels(model, probs))]
 
 
 def _predict_adapted(model, task_type: str, texts: list[str], pair_inputs: list[dict] | None) -> list[dict]:

@@ -46,7 +46,7 @@ class BertopsClassifier(mlflow.pyfunc.PythonModel):
     def predict(self, context, model_input, params=None):
         import pandas as pd
 
-        from bertops.inference import predict_proba, predict_word_tags
+        from bertops.inference import predict_proba, predict_word_tags, top_labels
 
         rows = model_input.to_dict("records") if isinstance(model_input, pd.DataFrame) else list(model_input)
         rows = [{"text": r} if isinstance(r, str) else r for r in rows]
@@ -64,9 +64,7 @@ class BertopsClassifier(mlflow.pyfunc.PythonModel):
         pairs = [r.get("text_pair") for r in rows]
         probs = predict_proba(self.model, self.tokenizer, texts, pairs if all(pairs) else None,
                               max_length=max_length)
-        id2label = {int(i): label for i, label in self.model.config.id2label.items()}
-        return pd.DataFrame({"label": [id2label[int(p.argmax())] for p in probs],
-                             "probability": [float(p.max()) for p in probs]})
+        return pd.DataFrame(top_labels(self.model, probs), columns=["label", "probability"])
 
 
 AdaptedClassifier = BertopsClassifier  # the name versions registered before 2026-11-23 were pickled with
