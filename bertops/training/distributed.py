@@ -22,11 +22,17 @@ from bertops.errors import BertopsError
 LAUNCH_ENV = "BERTOPS_LAUNCH_ID"
 
 
+def _srun_tasks() -> bool:
+    """Started by srun as one of several tasks (SLURM variables alone also appear in a one-task allocation)."""
+    return int(os.environ.get("SLURM_NTASKS", 1)) > 1
+
+
 def is_rank_zero() -> bool:
     """From the launchers' environment (the process group does not exist before `trainer.fit`)."""
-    for key in ("RANK", "SLURM_PROCID"):  # torchrun; srun
-        if os.environ.get(key) is not None and (key != "SLURM_PROCID" or int(os.environ.get("SLURM_NTASKS", 1)) > 1):
-            return int(os.environ[key]) == 0
+    if os.environ.get("RANK") is not None:  # torchrun
+        return int(os.environ["RANK"]) == 0
+    if os.environ.get("SLURM_PROCID") is not None and _srun_tasks():
+        return int(os.environ["SLURM_PROCID"]) == 0
     # Lightning's launcher: NODE_RANK / LOCAL_RANK (neither is set in the process the user started on node 0)
     return int(os.environ.get("NODE_RANK", 0)) == 0 and int(os.environ.get("LOCAL_RANK", 0)) == 0
 
@@ -38,7 +44,7 @@ def launch_id() -> str | None:
         return os.environ[LAUNCH_ENV]
     if os.environ.get("TORCHELASTIC_RUN_ID", "none") != "none":
         return os.environ["TORCHELASTIC_RUN_ID"]
-    if os.environ.get("SLURM_JOB_ID") and int(os.environ.get("SLURM_NTASKS", 1)) > 1:
+    if os.environ.get("SLURM_JOB_ID") and _srun_tasks():
         return f"slurm-{os.environ['SLURM_JOB_ID']}.{os.environ.get('SLURM_STEP_ID', '0')}"
     return None
 

@@ -32,8 +32,12 @@ class FineTuner(L.LightningModule):
     def forward(self, batch):
         return self.model(**batch)
 
+    def training_loss(self, batch) -> torch.Tensor:
+        """The loss a training step minimises; tasks whose loss is a mean over tokens override it."""
+        return self.model(**batch).loss
+
     def training_step(self, batch, batch_idx):
-        loss = self.model(**batch).loss
+        loss = self.training_loss(batch)
         # kept on the device: the progress bar reads it at its refresh rate, MLflow logging in batches
         self.log("train_loss", loss, prog_bar=True, logger=False, on_step=True, on_epoch=False)
         return loss
@@ -104,14 +108,12 @@ class TokenClassifier(FineTuner):
         self._gold: list[list[str]] = []
         self._pred: list[list[str]] = []
 
-    def training_step(self, batch, batch_idx):
+    def training_loss(self, batch) -> torch.Tensor:
         labels = batch["labels"]
         logits = self.model(**{k: v for k, v in batch.items() if k != "labels"}).logits
         total = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(),
                                                   ignore_index=IGNORE_INDEX, reduction="sum")
-        loss = self.token_mean(total, (labels != IGNORE_INDEX).sum())
-        self.log("train_loss", loss, prog_bar=True, logger=False, on_step=True, on_epoch=False)
-        return loss
+        return self.token_mean(total, (labels != IGNORE_INDEX).sum())
 
     def validation_step(self, batch, batch_idx):
         out = self.model(**batch)
@@ -124,9 +126,10 @@ class TokenClassifier(FineTuner):
             self._pred.append([self.id2label[int(i)] for i in p[k]])
 
     def on_validation_epoch_end(self):
-        # several training processes: each validated its share of the sentences
-        gold = [s for part in gather_objects(self._gold) for s in part]
-        pred = [s for part in gather_objects(self._pred) for s in part]
+        # several training processes: each validated its share of the sentences (one gather for both lists)
+        parts = gather_objects((self._gold, self._pred))
+        gold = [s for part_gold, _ in parts for s in part_gold]
+        pred = [s for _, part_pred in parts for s in part_pred]
         scores = entity_scores(gold, pred, self.tag_scheme)
         self._gold, self._pred = [], []
         self.log("val_f1", scores["f1"], prog_bar=True, logger=False)
@@ -144,9 +147,9 @@ class QuestionAnswerer(FineTuner):
         self.task = task
         self._logits: dict[int, tuple] = {}
 
-    def training_step(self, batch, batch_idx):
+    def training_loss(self, batch) -> torch.Tensor:
         batch.pop("feature_index", None)
-        return super().training_step(batch, batch_idx)
+        return super().training_loss(batch)
 
     def validation_step(self, batch, batch_idx):
         index = batch.pop("feature_index").tolist()
@@ -202,11 +205,9 @@ class MaskedLM(FineTuner):
             return logits.sum() + hidden.sum() * 0.0, logits, targets
         return torch.nn.functional.cross_entropy(logits.float(), targets), logits, targets
 
-    def training_step(self, batch, batch_idx):
+    def training_loss(self, batch) -> torch.Tensor:
         mean, _, targets = self.masked_outputs(batch)
-        loss = self.token_mean(mean * targets.numel(), mean.new_tensor(float(targets.numel())))
-        self.log("train_loss", loss, prog_bar=True, logger=False, on_step=True, on_epoch=False)
-        return loss
+        return self.token_mean(mean * targets.numel(), mean.new_tensor(float(targets.numel())))
 
     def on_validation_epoch_start(self):
         self._sums = torch.zeros(3, device=self.device)  # loss sum, masked tokens, correct top-1
