@@ -15,7 +15,7 @@ from transformers import AutoModelForMaskedLM
 
 from bertops.config import TrainParams
 from bertops.modeling import resolve_model_path
-from bertops.training.module import MaskedLM
+from bertops.tasks.masked_lm import MaskedLM
 
 
 def main() -> None:

@@ -51,8 +51,11 @@ def run_bertops(model, feats, batch_size, warmup, steps) -> float:
     import lightning as L
 
     from bertops.config import TrainParams
-    from bertops.training.data import FineTuneData, EncodedSplit
-    from bertops.training.module import SequenceClassifier, auto_precision
+    from transformers import DataCollatorWithPadding
+
+    from bertops.tasks.sequence_classification import SequenceClassifier
+    from bertops.training.data import EncodedSplit, FineTuneData
+    from bertops.training.module import auto_precision
 
     class Tok:  # fixed-length data never pads; DataCollatorWithPadding only needs pad()
         padding_side, pad_token_id, model_input_names = "right", 0, ["input_ids", "token_type_ids", "attention_mask"]
@@ -61,7 +64,8 @@ def run_bertops(model, feats, batch_size, warmup, steps) -> float:
             return {k: torch.tensor([f[k] for f in features]) for k in features[0]}
 
     hp = TrainParams(epochs=1, batch_size=batch_size, lr=1e-4, early_stopping_patience=None)
-    data = FineTuneData({}, Tok(), ["0", "1"], max_length=len(feats[0]["input_ids"]), batch_size=batch_size,
+    data = FineTuneData({}, Tok(), ["0", "1"], encode=None, collate=DataCollatorWithPadding(Tok()),
+                        max_length=len(feats[0]["input_ids"]), batch_size=batch_size,
                         eval_batch_size=batch_size, length_grouping=True, num_workers=4, seed=0)
     data.splits["train"] = EncodedSplit(feats)
     module = SequenceClassifier(model, {"classifier.weight", "classifier.bias"}, hp)

@@ -19,8 +19,11 @@ import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
 from bertops.config import TrainParams
+from transformers import DataCollatorWithPadding
+
+from bertops.tasks.sequence_classification import SequenceClassifier, encode_sequences
 from bertops.training.data import FineTuneData
-from bertops.training.module import SequenceClassifier, auto_precision
+from bertops.training.module import auto_precision
 
 
 class Throughput(L.Callback):
@@ -60,6 +63,8 @@ def main():
         new = set(info["missing_keys"])
     hp = TrainParams(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, early_stopping_patience=None)
     data = FineTuneData({s: args.prepared / f"{s}.jsonl" for s in ("train", "val")}, tokenizer, labels,
+                        encode=lambda rows, tok, labels: encode_sequences(rows, tok, labels, 128),
+                        collate=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8),
                         max_length=128, batch_size=hp.batch_size, eval_batch_size=hp.eval_batch_size,
                         length_grouping=True, num_workers=2, seed=0)
     module = SequenceClassifier(model, new, hp)

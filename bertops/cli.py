@@ -11,24 +11,7 @@ from pathlib import Path
 
 from bertops.errors import BertopsError
 
-STAGE_FUNCTIONS = {  # stage name -> (module, function); imported lazily so `--help` stays fast
-    "import": ("bertops.stages.import_corpus", "import_corpus"),
-    "prepare": ("bertops.stages.prepare", "prepare"),
-    "train": ("bertops.stages.train", "train"),
-    "evaluate": ("bertops.stages.evaluate", "evaluate"),
-    "register": ("bertops.stages.register", "register"),
-}
-
-
-def run_stage(name: str, params_path: Path, root: Path):
-    import importlib
-
-    from bertops.config import load_params
-    from bertops.layout import Layout
-
-    params = load_params(params_path)  # validated before any work starts
-    module, function = STAGE_FUNCTIONS[name]
-    return getattr(importlib.import_module(module), function)(params, Layout(root.resolve()))
+from bertops.stages import STAGE_FUNCTIONS, run_stage  # noqa: F401 - `bertops stage` runs these
 
 
 def registry_command(args) -> None:
@@ -106,10 +89,13 @@ def main(argv: list[str] | None = None) -> int:
             if isinstance(result, dict):
                 print(json.dumps(result, indent=1, default=str))
         elif args.command == "predict":
-            from bertops.predict import format_row, predict
+            from bertops.config import load_params
+            from bertops.predict import predict
+            from bertops.tasks import task_of
 
+            family = task_of(load_params(args.params))
             for row in predict(args.model_uri, args.texts, args.file, args.params, args.root, args.pairs):
-                print(json.dumps(row, ensure_ascii=False) if args.json else format_row(row))
+                print(json.dumps(row, ensure_ascii=False) if args.json else family.format_row(row))
         elif args.command == "fill-mask":
             from bertops.predict import fill_mask
 

@@ -4,21 +4,21 @@ The two must be comparable (same metric, same frozen test split, per-example res
 check must pass:
 - min_delta: the test metric improves by at least `registry.min_delta` (and by more than nothing);
 - significance: the improvement is significant at `registry.alpha` by a paired, one-sided test (H1: the
-  challenger is better): McNemar's exact test on per-example correctness for accuracy, a paired bootstrap over
-  test examples for macro F1, entity F1, QA exact match / F1 and perplexity;
+  challenger is better): McNemar's exact test on per-example correctness where the family says so (accuracy),
+  else a paired bootstrap over test examples of the family's statistic (macro F1, entity F1, QA exact match /
+  F1, perplexity, Pearson / Spearman / RMSE / MAE, micro F1);
 - class_regression: no class (or entity type) with at least `registry.min_class_support` test examples loses
   more than `registry.max_class_regression` F1 (rarer ones are listed as not checked: their F1 is noise).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 from scipy.stats import binomtest
 
-from bertops.config import RegistryParams, metric_mode
+from bertops.config import RegistryParams
 
 
 @dataclass(frozen=True)
@@ -33,8 +33,10 @@ class Evidence:
     class_support: dict[str, int] = field(default_factory=dict)  # gold test examples / entities of each
 
     @classmethod
-    def from_reports(cls, metrics: dict, predictions: list[dict] | None, test_split: str) -> "Evidence":
-        table = metrics.get("per_class") or metrics.get("per_type") or {}
+    def from_reports(cls, metrics: dict, predictions: list[dict] | None, test_split: str,
+                     class_table_key: str | None = None) -> "Evidence":
+        """`class_table_key`: the metrics.json key of the family's per-class / per-type table (None: it has none)."""
+        table = metrics.get(class_table_key) or {} if class_table_key else {}
         return cls(metric=metrics["metric"], value=float(metrics[metrics["metric"]]), test_split=test_split,
                    predictions=predictions, class_f1={label: float(s["f1"]) for label, s in table.items()},
                    class_support={label: int(s["support"]) for label, s in table.items() if "support" in s})
@@ -60,50 +62,12 @@ class Decision:
     checks: tuple[Check, ...] = ()
 
 
-def improvement(metric: str, challenger: float, champion: float) -> float:
-    """Positive when the challenger is better (higher is better, except for metrics like perplexity)."""
-    return challenger - champion if metric_mode(metric) == "max" else champion - challenger
+def improvement(metric: str, challenger: float, champion: float, family) -> float:
+    """Positive when the challenger is better (higher is better, except for metrics like perplexity or RMSE)."""
+    return challenger - champion if family.metric_mode(metric) == "max" else champion - challenger
 
 
 # ---- paired statistics over test examples -------------------------------------------------------------------
-
-def _statistic(metric: str, rows: list[dict]) -> Callable[[np.ndarray], np.ndarray]:
-    """The metric recomputed on resamples: takes an index matrix (resamples x n), returns one value per row."""
-    first = rows[0]
-    if metric == "accuracy":
-        correct = np.array([r["correct"] for r in rows], dtype=float)
-        return lambda idx: correct[idx].mean(axis=1)
-    if metric == "macro_f1":
-        labels = sorted({r["label"] for r in rows} | {r["predicted"] for r in rows})
-        gold = np.array([labels.index(r["label"]) for r in rows])
-        pred = np.array([labels.index(r["predicted"]) for r in rows])
-
-        def macro_f1(idx):
-            scores = []
-            for k in range(len(labels)):
-                tp = ((gold == k) & (pred == k))[idx].sum(axis=1)
-                fp = ((gold != k) & (pred == k))[idx].sum(axis=1)
-                fn = ((gold == k) & (pred != k))[idx].sum(axis=1)
-                denominator = 2 * tp + fp + fn
-                scores.append(np.where(denominator > 0, 2 * tp / np.maximum(denominator, 1), 0.0))
-            return np.mean(scores, axis=0)
-        return macro_f1
-    if metric == "f1" and "gold_entities" in first:  # entity F1: micro over entities, from per-sentence counts
-        gold, pred, correct = (np.array([r[k] for r in rows], dtype=float)
-                               for k in ("gold_entities", "predicted_entities", "correct_entities"))
-
-        def entity_f1(idx):
-            denominator = gold[idx].sum(axis=1) + pred[idx].sum(axis=1)
-            return np.where(denominator > 0, 2 * correct[idx].sum(axis=1) / np.maximum(denominator, 1e-12), 0.0)
-        return entity_f1
-    if metric in ("f1", "exact_match") and metric in first:  # extractive QA: mean over questions
-        scores = np.array([float(r[metric]) for r in rows])
-        return lambda idx: scores[idx].mean(axis=1)
-    if metric == "perplexity":
-        loss, tokens = (np.array([r[k] for r in rows], dtype=float) for k in ("loss_sum", "masked_tokens"))
-        return lambda idx: np.exp(np.minimum(loss[idx].sum(axis=1) / np.maximum(tokens[idx].sum(axis=1), 1), 50.0))
-    raise ValueError(f"no paired statistic for metric {metric!r} with fields {sorted(first)}")
-
 
 def mcnemar_exact(champion_correct: list[bool], challenger_correct: list[bool]) -> tuple[float, int, int]:
     """One-sided exact McNemar test: p-value, pairs only the challenger got right, pairs only the champion got right."""
@@ -115,38 +79,36 @@ def mcnemar_exact(champion_correct: list[bool], challenger_correct: list[bool]) 
 
 
 def paired_bootstrap(metric: str, champion_rows: list[dict], challenger_rows: list[dict], samples: int,
-                     seed: int = 0) -> float:
+                     seed: int = 0, family=None) -> float:
     """One-sided paired bootstrap (Koehn 2004): the share of resamples of the test examples in which the
-    challenger is not better, with the +1 correction so that p is never 0."""
+    challenger is not better, with the +1 correction so that p is never 0. The task family recomputes the
+    metric on each resample (`family.statistic`)."""
     n = len(challenger_rows)
     rng = np.random.default_rng(seed)
-    champion_stat, challenger_stat = _statistic(metric, champion_rows), _statistic(metric, challenger_rows)
+    champion_stat, challenger_stat = family.statistic(metric, champion_rows), family.statistic(metric, challenger_rows)
     not_better = 0
     for start in range(0, samples, 250):  # blocks of resamples keep the index matrix small
         idx = rng.integers(0, n, size=(min(250, samples - start), n))
         delta = challenger_stat(idx) - champion_stat(idx)
-        if metric_mode(metric) == "min":
+        if family.metric_mode(metric) == "min":
             delta = -delta
         not_better += int((delta <= 0).sum())
     return (not_better + 1) / (samples + 1)
 
 
-def _example_key(row: dict):
-    return row.get("id", row.get("line"))
-
-
-def significance(challenger: Evidence, champion: Evidence, alpha: float, samples: int) -> tuple[Check, float | None, str | None]:
+def significance(challenger: Evidence, champion: Evidence, alpha: float, samples: int,
+                 family) -> tuple[Check, float | None, str | None]:
     if not champion.predictions:
         return Check("significance", False, "the champion has no per-example test results (registered before "
                                             "bertops kept them): no paired test, no automatic promotion"), None, None
     ours, theirs = challenger.predictions or [], champion.predictions
-    if [_example_key(r) for r in ours] != [_example_key(r) for r in theirs]:
+    if [family.example_key(r) for r in ours] != [family.example_key(r) for r in theirs]:
         return Check("significance", False, "per-example test results do not line up with the champion's"), None, None
-    if challenger.metric == "accuracy":
+    if family.paired_test(challenger.metric) == "mcnemar_exact":
         p, won, lost = mcnemar_exact([r["correct"] for r in theirs], [r["correct"] for r in ours])
         test, numbers = "mcnemar_exact", f"{won} examples only the challenger gets right, {lost} only the champion"
     else:
-        p = paired_bootstrap(challenger.metric, theirs, ours, samples)
+        p = paired_bootstrap(challenger.metric, theirs, ours, samples, family=family)
         test, numbers = "paired_bootstrap", f"{samples} resamples of {len(ours)} test examples"
     verdict = "significant" if p <= alpha else "not significant"
     return Check("significance", p <= alpha, f"{test} p={p:.4g} ({numbers}): {verdict} at alpha {alpha}"), p, test
@@ -176,7 +138,8 @@ def class_regressions(challenger: Evidence, champion: Evidence, tolerance: float
 
 
 def decide(challenger: Evidence, champion: Evidence | None, champion_version: str | None,
-           registry: RegistryParams) -> Decision:
+           registry: RegistryParams, family) -> Decision:
+    """`family`: the task family of the versions (its paired statistic and which way its metric is better)."""
     if champion is None:
         return Decision(True, "no champion yet", challenger.metric, challenger.value)
     base = {"metric": challenger.metric, "challenger_value": challenger.value,
@@ -188,12 +151,12 @@ def decide(challenger: Evidence, champion: Evidence | None, champion_version: st
     if champion.test_split != challenger.test_split:
         return Decision(False, f"champion v{champion_version} was scored on a different test split: "
                                "not comparable, no automatic promotion", **base)
-    delta = improvement(challenger.metric, challenger.value, champion.value)
+    delta = improvement(challenger.metric, challenger.value, champion.value, family)
     checks = [Check("min_delta", delta > 0 and delta >= registry.min_delta,
                     f"test {challenger.metric} {challenger.value:.4f} vs champion v{champion_version}'s "
                     f"{champion.value:.4f}: improvement {delta:+.4f} (must be > 0 and >= min_delta "
                     f"{registry.min_delta})")]
-    sig, p_value, test = significance(challenger, champion, registry.alpha, registry.bootstrap_samples)
+    sig, p_value, test = significance(challenger, champion, registry.alpha, registry.bootstrap_samples, family)
     checks += [sig, class_regressions(challenger, champion, registry.max_class_regression,
                                       registry.min_class_support)]
     failed = [c for c in checks if not c.passed]

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 
-def _outputs_by_length(model, features: list[dict], collate, batch_size: int, bf16: bool | None = None):
+def outputs_by_length(model, features: list[dict], collate, batch_size: int, bf16: bool | None = None):
     """Yields (indices into `features`, model output) over batches of features of similar length. `bf16`: autocast
     to bfloat16; None = on a GPU only, so that CPU evaluations stay in float32 and compare with earlier ones
     (`bertops predict` opts in on an AMX CPU: about 2x there, benchmarks/predict_throughput.py)."""
@@ -24,7 +24,7 @@ def _outputs_by_length(model, features: list[dict], collate, batch_size: int, bf
             yield idx, model(**batch)
 
 
-def _encoded(enc, n: int) -> list[dict]:
+def encoded(enc, n: int) -> list[dict]:
     return [{k: enc[k][i] for k in enc.keys()} for i in range(n)]
 
 
@@ -35,14 +35,28 @@ def top_labels(model, probs) -> list[tuple[str, float]]:
 
 
 @torch.inference_mode()
+def sequence_logits(model, tokenizer, texts: list[str], pairs: list[str] | None = None, *, max_length: int,
+                    batch_size: int = 128, bf16: bool | None = None) -> np.ndarray:
+    """One row of head outputs per text (or text pair), cut at `max_length` as in training (longer side first)."""
+    enc = tokenizer(texts, pairs, truncation="longest_first", max_length=max_length)
+    logits = np.zeros((len(texts), model.config.num_labels), dtype=np.float32)
+    pad = partial(tokenizer.pad, return_tensors="pt")
+    for idx, out in outputs_by_length(model, encoded(enc, len(texts)), pad, batch_size, bf16):
+        logits[idx] = out.logits.float().cpu().numpy()
+    return logits
+
+
 def predict_proba(model, tokenizer, texts: list[str], pairs: list[str] | None = None, *, max_length: int,
                   batch_size: int = 128, bf16: bool | None = None) -> np.ndarray:
-    enc = tokenizer(texts, pairs, truncation="longest_first", max_length=max_length)
-    probs = np.zeros((len(texts), model.config.num_labels), dtype=np.float32)
-    pad = partial(tokenizer.pad, return_tensors="pt")
-    for idx, out in _outputs_by_length(model, _encoded(enc, len(texts)), pad, batch_size, bf16):
-        probs[idx] = torch.softmax(out.logits.float(), dim=-1).cpu().numpy()
-    return probs
+    logits = torch.from_numpy(sequence_logits(model, tokenizer, texts, pairs, max_length=max_length,
+                                              batch_size=batch_size, bf16=bf16))
+    return torch.softmax(logits, dim=-1).numpy()
+
+
+def row_pairs(rows: list[dict]) -> list[str] | None:
+    """The rows' second texts when every row has one (a sentence-pair model), else None."""
+    pairs = [r.get("text_pair") for r in rows]
+    return pairs if rows and all(isinstance(p, str) for p in pairs) else None
 
 
 @torch.inference_mode()
@@ -56,7 +70,7 @@ def predict_word_tags(model, tokenizer, sentences: list[list[str]], *, max_lengt
     tags: list[list[str]] = [["O"] * len(words) for words in sentences]
     scores: list[list[float]] = [[1.0] * len(words) for words in sentences]
     pad = partial(tokenizer.pad, return_tensors="pt")
-    for idx, out in _outputs_by_length(model, _encoded(enc, len(sentences)), pad, batch_size):
+    for idx, out in outputs_by_length(model, encoded(enc, len(sentences)), pad, batch_size):
         best, labels = torch.softmax(out.logits.float(), dim=-1).max(-1)
         for row, probs, i in zip(labels.cpu().tolist(), best.cpu().tolist(), idx):
             previous = None
@@ -66,20 +80,3 @@ def predict_word_tags(model, tokenizer, sentences: list[list[str]], *, max_lengt
                     scores[i][word] = probs[position]
                 previous = word
     return (tags, scores) if with_scores else tags
-
-
-@torch.inference_mode()
-def answer_questions(model, tokenizer, rows: list[dict], *, max_length: int, doc_stride: int, batch_size: int = 64,
-                     **decode) -> list[str]:
-    """Extractive QA: the best answer per {question, context} row over all its windows ("" = no answer)."""
-    from bertops.qa.windows import best_answers, encode_questions
-    from bertops.training.data import QuestionCollator
-
-    features = encode_questions([{"answers": {"text": []}, **r} for r in rows], tokenizer, max_length, doc_stride)
-    collate = QuestionCollator(tokenizer, inputs_only=True)
-    starts, ends = [None] * len(features), [None] * len(features)
-    for idx, out in _outputs_by_length(model, features, collate, batch_size):
-        s, e = out.start_logits.float().cpu().numpy(), out.end_logits.float().cpu().numpy()
-        for row, i in enumerate(idx):
-            starts[i], ends[i] = s[row], e[row]
-    return best_answers(features, starts, ends, [r["context"] for r in rows], **decode)

@@ -10,34 +10,9 @@ from bertops.config import Params, flat_params
 from bertops.gate import Decision, Evidence
 from bertops.layout import Layout
 
-INTENDED_USE = {
-    "sequence_classification": "Assigns one of the labels below to a sentence (or a sentence pair) from the "
-                               "encoder's [CLS] representation.",
-    "token_classification": "Tags every word of a sentence with an entity type (whole-word entities, read at "
-                            "each word's first sub-token).",
-    "question_answering": "Extracts the answer span to a question from a context passage, or abstains when "
-                          "unanswerable questions are allowed.",
-    "masked_lm": "Fills [MASK] positions (cloze); its checkpoint is meant as the starting point of a downstream "
-                 "fine-tune on the same domain.",
-}
-
-
-def metrics_markdown(metrics: dict) -> str:
-    """The headline numbers and a per-class (or, for token classification, per-entity-type) table."""
-    if "per_type" not in metrics and "per_class" not in metrics:  # question answering, masked LM
-        parts = [f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float)]
-        counts = [f"{metrics[k]} {k}" for k in ("questions", "texts", "masked_tokens") if k in metrics]
-        return ", ".join(parts) + (f" ({', '.join(counts)})" if counts else "") + "\n"
-    if "per_type" in metrics:
-        kind, table = "entity type", metrics["per_type"]
-        head = (f"entity F1 {metrics['f1']:.4f} (precision {metrics['precision']:.4f}, recall "
-                f"{metrics['recall']:.4f}, {metrics['entities']} entities)")
-    else:
-        kind, table = "class", metrics["per_class"]
-        head = f"accuracy {metrics['accuracy']:.4f}, macro F1 {metrics['macro_f1']:.4f}"
-    rows = "\n".join(f"| {label} | {s['precision']:.3f} | {s['recall']:.3f} | {s['f1']:.3f} | {s['support']} |"
-                     for label, s in table.items())
-    return f"{head}\n\n| {kind} | precision | recall | F1 | support |\n| --- | --- | --- | --- | --- |\n{rows}\n"
+def metrics_markdown(metrics: dict, family) -> str:
+    """The headline numbers and, where the family has one, its per-class (or per-entity-type) table."""
+    return family.metrics_markdown(metrics)
 
 
 def checks_markdown(checks) -> str:
@@ -69,25 +44,17 @@ def comparison_markdown(decision: Decision, challenger: Evidence | None = None,
     return text
 
 
-def _limitations(params: Params, layout: Layout, metrics: dict) -> list[str]:
-    notes = [f"Scored on one held-out test split ({metrics.get('examples') or metrics.get('sentences') or metrics.get('questions') or metrics.get('texts')} "
-             f"examples, corpus.split.seed {params.corpus.split.seed}); expect a different split or a different "
-             "domain to score differently.",
-             f"Inputs longer than model.max_length = {params.model.max_length} sub-tokens are truncated"
-             + (" (contexts are windowed instead)." if params.task.type == "question_answering" else ".")]
-    coverage = layout.vocab_coverage_file
-    if params.task.type == "token_classification" and coverage.is_file():
-        unk = json.loads(coverage.read_text())
-        share = unk.get("unk_word_ratio")
-        if share is not None:
-            notes.append(f"{share:.2%} of the training words map to [UNK] in this tokenizer.")
-    if params.task.type == "sequence_classification":
-        notes.append("A label outside the training labels can never be predicted.")
-    return notes
+def _limitations(params: Params, layout: Layout, metrics: dict, family) -> list[str]:
+    return [f"Scored on one held-out test split ({family.example_count(metrics)} examples, corpus.split.seed "
+            f"{params.corpus.split.seed}); expect a different split or a different domain to score differently.",
+            *family.limitations(params, layout, metrics)]
 
 
 def render(params: Params, layout: Layout, name: str, version: str, tags: dict, metrics: dict,
            challenger: Evidence, decision: Decision, champion: Evidence | None) -> str:
+    from bertops.tasks import task_of
+
+    family = task_of(params)
     stats_file = layout.prepared_dir / "stats.json"
     stats = json.loads(stats_file.read_text()) if stats_file.is_file() else {}
     params_rows = "\n".join(f"| {k} | {v} |" for k, v in flat_params(params).items()
@@ -95,7 +62,7 @@ def render(params: Params, layout: Layout, name: str, version: str, tags: dict, 
     return f"""# {name} v{version}
 
 ## Intended use
-{INTENDED_USE[params.task.type]} Task `{params.task.type}`, fine-tuned from `{params.model.name_or_path}`.
+{family.intended_use} Task `{params.task.type}`, fine-tuned from `{params.model.name_or_path}`.
 
 ## Data
 - corpus: `{params.corpus.source}`; raw data md5 `{tags['bertops.data_raw_md5']}`, prepared data md5
@@ -103,7 +70,7 @@ def render(params: Params, layout: Layout, name: str, version: str, tags: dict, 
 - splits: `{json.dumps(stats.get('splits', {}))}`
 
 ## Test metrics ({params.task.metric} gates promotion)
-{metrics_markdown(metrics)}
+{metrics_markdown(metrics, family)}
 ## Comparison with the champion at registration
 {comparison_markdown(decision, challenger, champion)}
 ## Training
@@ -115,7 +82,7 @@ Hardware: {tags['bertops.hardware']}; git commit `{tags['bertops.git_commit']}` 
 MLflow run `{tags['bertops.run_id']}`; params hash `{tags['bertops.params_hash']}`.
 
 ## Limitations
-""" + "".join(f"- {note}\n" for note in _limitations(params, layout, metrics))
+""" + "".join(f"- {note}\n" for note in _limitations(params, layout, metrics, family))
 
 
 def plot_class_changes(challenger: Evidence, champion: Evidence, decision: Decision, path: Path) -> Path:

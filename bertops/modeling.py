@@ -8,15 +8,7 @@ import logging
 from pathlib import Path
 
 import torch
-from transformers import (
-    AutoConfig,
-    AutoModel,
-    AutoModelForMaskedLM,
-    AutoModelForQuestionAnswering,
-    AutoModelForSequenceClassification,
-    AutoModelForTokenClassification,
-    AutoTokenizer,
-)
+from transformers import AutoConfig, AutoModel, AutoTokenizer
 
 from bertops.errors import BertopsError
 
@@ -42,30 +34,37 @@ def load_tokenizer(name_or_path: str, revision: str | None = None):
         raise BertopsError(f"model.name_or_path: cannot load a tokenizer from {name_or_path!r}: {exc}") from None
 
 
-# task type -> the transformers class that puts the task's head on the encoder
-AUTO_MODELS = {
-    "sequence_classification": AutoModelForSequenceClassification,  # head on the [CLS]/pooler output
-    "token_classification": AutoModelForTokenClassification,  # head on every token's last hidden state
-    "question_answering": AutoModelForQuestionAnswering,  # start and end logits on every token
-    "masked_lm": AutoModelForMaskedLM,  # the MLM head, decoder tied to the input embeddings
-}
+def _auto_model(auto_model_or_task):
+    """A transformers Auto class, given as such or as the task.type whose family names it."""
+    if isinstance(auto_model_or_task, str):
+        from bertops.tasks import get_task
+
+        return get_task(auto_model_or_task).auto_model
+    return auto_model_or_task
 
 
-def load_classifier(name_or_path: str, labels: list[str], revision: str | None = None,
-                    task_type: str = "sequence_classification"):
-    """The encoder with a fresh head for the task; returns (model, new_param_names)."""
+def load_with_head(name_or_path: str, auto_model, revision: str | None = None, **head_kwargs):
+    """The encoder with a fresh task head (`auto_model`: the family's transformers Auto class); returns
+    (model, names of the newly initialised parameters)."""
     path = resolve_model_path(name_or_path)
     try:
         # float32 master weights: a half-precision checkpoint would otherwise train in half precision
-        label_kwargs = {} if task_type in ("question_answering", "masked_lm") else dict(
-            num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={label: i for i, label in enumerate(labels)})
-        model, info = AUTO_MODELS[task_type].from_pretrained(
-            path, revision=revision, dtype=torch.float32, output_loading_info=True, **label_kwargs)
+        model, info = _auto_model(auto_model).from_pretrained(path, revision=revision, dtype=torch.float32,
+                                                              output_loading_info=True, **head_kwargs)
     except (OSError, ValueError) as exc:
         raise BertopsError(f"model.name_or_path: cannot load {name_or_path!r}: {exc}") from None
     new_params = set(info.get("missing_keys", []))
     log.info("loaded %s; newly initialised: %s", name_or_path, sorted(new_params))
     return model, new_params
+
+
+def load_classifier(name_or_path: str, labels: list[str], revision: str | None = None,
+                    task_type: str = "sequence_classification"):
+    """The encoder with a fresh head for the task family `task_type`, sized by `labels`."""
+    from bertops.tasks import get_task
+
+    family = get_task(task_type)
+    return load_with_head(name_or_path, family.auto_model, revision, **family.head_kwargs(labels))
 
 
 def add_tokens(model, tokenizer, tokens: list[str]) -> int:
@@ -114,16 +113,18 @@ def needs_bertops_loader(model_dir) -> bool:
     return is_adapter_checkpoint(model_dir) or mixed
 
 
-def load_trained(model_dir, task_type: str, dtype=torch.float32):
+def load_trained(model_dir, auto_model, dtype=torch.float32):
     """A checkpoint the train stage wrote: a full model, or a peft adapter (with the task head) over its base
     model, which adapter_config.json names as the user wrote it in model.name_or_path (resolved again here, so
     the packaged copy is found on any machine that has it). An adapter is merged into the base weights: the
-    result is a plain transformers model with the trained labels."""
+    result is a plain transformers model with the trained labels. `auto_model`: the family's Auto class (or its
+    task.type)."""
     model_dir = Path(model_dir)
+    auto_model = _auto_model(auto_model)
     if not is_adapter_checkpoint(model_dir):
         from bertops import scalar_mix
 
-        model = AUTO_MODELS[task_type].from_pretrained(model_dir, dtype=dtype)
+        model = auto_model.from_pretrained(model_dir, dtype=dtype)
         if getattr(model.config, scalar_mix.CONFIG_KEY, "last") == "scalar_mix":
             scalar_mix.attach_saved(model, model_dir)
         return model
@@ -133,7 +134,7 @@ def load_trained(model_dir, task_type: str, dtype=torch.float32):
     base_name = adapter["base_model_name_or_path"]
     config = AutoConfig.from_pretrained(model_dir)  # the base config with the trained labels
     try:
-        base = AUTO_MODELS[task_type].from_pretrained(resolve_model_path(base_name), config=config, dtype=dtype,
+        base = auto_model.from_pretrained(resolve_model_path(base_name), config=config, dtype=dtype,
                                                       revision=adapter.get("revision"))
     except (OSError, ValueError) as exc:
         raise BertopsError(f"{model_dir / ADAPTER_CONFIG}: cannot load the adapter's base model {base_name!r}: "

@@ -54,7 +54,12 @@ def version_evidence(client: MlflowClient, mv) -> Evidence:
                 metrics = {**json.loads(Path(path).read_text()), **metrics}
             else:
                 predictions = read_predictions(path)
-    return Evidence.from_reports(metrics, predictions, tags.get("bertops.test_split_sha256", "unknown"))
+    table_key = None
+    if tags.get("bertops.task"):
+        from bertops.tasks import get_task
+
+        table_key = get_task(tags["bertops.task"]).class_table_key
+    return Evidence.from_reports(metrics, predictions, tags.get("bertops.test_split_sha256", "unknown"), table_key)
 
 
 LOCK_SUFFIX = ".bertops-gate-lock"

@@ -12,6 +12,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from bertops.training.encoder_parts import encoder_parts
+
 CONFIG_KEY = "bertops_layer_features"
 
 
@@ -35,8 +37,6 @@ def _first(output):
 
 def attach(model: nn.Module) -> str:
     """Add a scalar mix to `model`; returns the name prefix of its parameters."""
-    from bertops.training.strategies import encoder_parts
-
     parts = encoder_parts(model)
     base = model.get_submodule(parts.prefix.rstrip(".")) if parts.prefix else model
     if parts.embeddings is None:

@@ -35,7 +35,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from bertops.config import Params, metric_mode, parse_params
+from bertops.config import Params, parse_params
 from bertops.errors import BertopsError, ParamsError
 from bertops.layout import Layout
 
@@ -192,23 +192,13 @@ def parent_run(study: Study) -> str:
 
 
 def majority_baseline(study: Study) -> float | None:
-    """The score of always predicting the test split's most common class: a run no better than this failed."""
-    from collections import Counter
-
-    from sklearn.metrics import f1_score
+    """The test score of the task family's trivial predictor (always the most common class; no entity; the
+    training mean): a run no better than this failed. None where the family defines none."""
+    from bertops.tasks import task_of
 
     params = study.base_params
-    metric = params.task.metric
-    if params.task.type == "token_classification":
-        return 0.0  # all "O": no entity found, F1 0
-    if params.task.type != "sequence_classification":
-        return None
     rows = [json.loads(line) for line in Layout(study.project).split("test").open()]
-    labels = [r["label"] for r in rows]
-    top = Counter(labels).most_common(1)[0][0]
-    if metric == "accuracy":
-        return labels.count(top) / len(labels)
-    return float(f1_score(labels, [top] * len(labels), average="macro"))
+    return task_of(params).baseline(params.task.metric, rows)
 
 
 def summarize(study: Study, results: list[dict], errors: dict[str, str]) -> dict:
@@ -216,7 +206,9 @@ def summarize(study: Study, results: list[dict], errors: dict[str, str]) -> dict
     import csv
 
     metric = study.base_params.task.metric
-    higher = metric_mode(metric) == "max"
+    from bertops.tasks import task_of
+
+    higher = task_of(study.base_params).metric_mode(metric) == "max"
     baseline = majority_baseline(study)
     by_setting: dict[str, dict] = {}
     for run in study.runs:
@@ -237,7 +229,7 @@ def summarize(study: Study, results: list[dict], errors: dict[str, str]) -> dict
         v = e["values"]
         failed = None
         if baseline is not None and v:
-            failed = sum((x <= baseline + 1e-9) if higher else False for x in v) / len(v)
+            failed = sum((x <= baseline + 1e-9) if higher else (x >= baseline - 1e-9) for x in v) / len(v)
         rows.append({"setting": label, "runs": len(v), "errors": e["errors"],
                      "mean": statistics.fmean(v) if v else None, "sd": statistics.stdev(v) if len(v) > 1 else None,
                      "min": min(v) if v else None, "max": max(v) if v else None, "failed_share": failed,

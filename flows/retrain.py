@@ -14,10 +14,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact
+# Prefect's ephemeral server gets 20 s to start by default: a first start of a fresh venv on a busy 2-core host
+# took longer and failed ("Timed out while attempting to connect to ephemeral Prefect API server"). Set before
+# Prefect is imported; an explicit setting wins.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 
-from bertops.model_card import checks_markdown, metrics_markdown
+from prefect import flow, get_run_logger, task  # noqa: E402
+from prefect.artifacts import create_markdown_artifact  # noqa: E402
+
+from bertops.model_card import checks_markdown, metrics_markdown  # noqa: E402
 
 STAGES = ("import", "prepare", "train", "evaluate", "register")
 SKIPPED_MARKER = "didn't change, skipping"
@@ -115,7 +120,9 @@ def decision_markdown(states: dict[str, str], registration: dict | None, metrics
     if reg.get("checks"):
         text += "\n" + checks_markdown(reg["checks"])
     if metrics:
-        text += "\n### Test metrics\n" + metrics_markdown(metrics)
+        from bertops.tasks import DEFAULT_TASK, get_task
+
+        text += "\n### Test metrics\n" + metrics_markdown(metrics, get_task(reg.get("task", DEFAULT_TASK)))
     return text
 
 

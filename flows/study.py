@@ -33,7 +33,7 @@ def study_run(study_file: str, project_dir: str, key: str, parent_run_id: str) -
 @task(name="prepare-data")
 def prepare_data(study_file: str, project_dir: str) -> str:
     """The runs share the project's prepared splits: import and prepare them first if they are missing."""
-    from bertops.cli import run_stage
+    from bertops.stages import run_stage
     from bertops.layout import Layout
     from bertops.study import load_study
 

@@ -3,11 +3,13 @@ pipeline directory, and, when the pipeline's model.name_or_path is another pipel
 pretrain -> fine-tune), that checkpoint as a dependency of train, so `dvc repro` runs the upstream first and
 reruns only what changed. tests/test_pipelines_dirs.py fails when a file drifts from this.
 
-    python scripts/sync_pipelines.py            # rewrite every pipeline's dvc.yaml
+    python scripts/sync_pipelines.py   # rewrite the root dvc.yaml's code deps, then every pipeline's dvc.yaml
 """
 
 from __future__ import annotations
 
+import re
+import runpy
 import sys
 from pathlib import Path
 
@@ -42,7 +44,34 @@ def expected_dvc_yaml(pipeline_dir: Path) -> str:
     return text
 
 
+def with_stage_deps(text: str) -> str:
+    """dvc.yaml with each stage's bertops code deps replaced by what its import graph reaches
+    (scripts/stage_deps.py); other deps (data, upstream outputs) and comments stay as they are."""
+    deps = runpy.run_path(str(REPO / "scripts" / "stage_deps.py"))["stage_deps"]()
+    lines, out, stage, in_deps = text.splitlines(keepends=True), [], None, False
+    for line in lines:
+        head = re.match(r"^  (\w+):\s*$", line)
+        if head:
+            stage, in_deps = head.group(1), False
+        if line.startswith("    deps:"):
+            in_deps = True
+            out.append(line)
+            out.extend(f"      - {path}\n" for path in deps.get(stage, []))
+            continue
+        if in_deps and line.startswith("      - "):
+            if line.strip().startswith("- bertops"):
+                continue  # replaced above
+            out.append(line)
+            continue
+        in_deps = in_deps and line.startswith("      ")
+        out.append(line)
+    return "".join(out)
+
+
 def main() -> int:
+    root = REPO / "dvc.yaml"
+    root.write_text(with_stage_deps(root.read_text()))
+    print("wrote dvc.yaml (code deps from the stages' import graphs)")
     for pipeline_dir in pipeline_dirs():
         (pipeline_dir / "dvc.yaml").write_text(expected_dvc_yaml(pipeline_dir))
         print(f"wrote {(pipeline_dir / 'dvc.yaml').relative_to(REPO)}")

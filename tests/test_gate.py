@@ -10,10 +10,13 @@ import pytest
 from mlflow import MlflowClient
 from sklearn.metrics import f1_score
 
-from bertops import gate
+
 from bertops.config import RegistryParams
 from bertops.gate import Evidence, decide, mcnemar_exact, paired_bootstrap
 from bertops.ner_metrics import entity_scores, entity_spans
+from bertops.tasks import get_task
+
+SEQ, NER, MLM = (get_task(n) for n in ("sequence_classification", "token_classification", "masked_lm"))
 
 REGISTRY = RegistryParams(model_name="m")
 
@@ -37,27 +40,27 @@ def test_bootstrap_statistics_reproduce_the_reported_metrics():
     rng = np.random.default_rng(0)
     rows = classified(list(rng.random(60) > 0.3)).predictions
     identity = np.arange(len(rows))[None, :]
-    macro = gate._statistic("macro_f1", rows)(identity)[0]
+    macro = SEQ.statistic("macro_f1", rows)(identity)[0]
     assert macro == pytest.approx(f1_score([r["label"] for r in rows], [r["predicted"] for r in rows],
                                            average="macro"))
     gold = [["B-PER", "I-PER", "O", "B-LOC"], ["O", "B-ORG"], ["B-LOC", "O"]]
     pred = [["B-PER", "I-PER", "O", "O"], ["O", "B-ORG"], ["B-PER", "O"]]
     ner = [{"line": i, "gold_entities": len(entity_spans(g, "BIO")), "predicted_entities": len(entity_spans(p, "BIO")),
             "correct_entities": len(entity_spans(g, "BIO") & entity_spans(p, "BIO"))} for i, (g, p) in enumerate(zip(gold, pred))]
-    assert gate._statistic("f1", ner)(np.arange(3)[None, :])[0] == pytest.approx(entity_scores(gold, pred, "BIO")["f1"])
+    assert NER.statistic("f1", ner)(np.arange(3)[None, :])[0] == pytest.approx(entity_scores(gold, pred, "BIO")["f1"])
     mlm = [{"line": 1, "loss_sum": 2.0, "masked_tokens": 2}, {"line": 2, "loss_sum": 4.0, "masked_tokens": 2}]
-    assert gate._statistic("perplexity", mlm)(np.arange(2)[None, :])[0] == pytest.approx(np.exp(1.5))
+    assert MLM.statistic("perplexity", mlm)(np.arange(2)[None, :])[0] == pytest.approx(np.exp(1.5))
 
 
 def test_paired_bootstrap_direction_and_no_difference():
     worse = [{"line": i, "gold_entities": 2, "predicted_entities": 2, "correct_entities": 1} for i in range(80)]
     better = [{**r, "correct_entities": 2 if r["line"] % 4 else 1} for r in worse]
-    assert paired_bootstrap("f1", worse, better, samples=500) < 0.01
-    assert paired_bootstrap("f1", better, worse, samples=500) > 0.99
-    assert paired_bootstrap("f1", worse, worse, samples=500) == 1.0  # never better: p = (500 + 1) / 501
+    assert paired_bootstrap("f1", worse, better, samples=500, family=NER) < 0.01
+    assert paired_bootstrap("f1", better, worse, samples=500, family=NER) > 0.99
+    assert paired_bootstrap("f1", worse, worse, samples=500, family=NER) == 1.0  # never better: p = (500 + 1) / 501
     high = [{"line": i, "loss_sum": 3.0, "masked_tokens": 1} for i in range(50)]
     low = [{**r, "loss_sum": 2.0} for r in high]
-    assert paired_bootstrap("perplexity", high, low, samples=300) < 0.01  # lower perplexity is the better one
+    assert paired_bootstrap("perplexity", high, low, samples=300, family=MLM) < 0.01  # lower perplexity is the better one
 
 
 @pytest.mark.parametrize("challenger,champion,promote,why", [
@@ -79,24 +82,24 @@ def test_paired_bootstrap_direction_and_no_difference():
      "neg F1 0.9000 -> 0.6000; not checked, under 10 test examples: rare (2)"),
 ])
 def test_decide(challenger, champion, promote, why):
-    decision = decide(challenger, champion, "3" if champion else None, REGISTRY)
+    decision = decide(challenger, champion, "3" if champion else None, REGISTRY, SEQ)
     assert decision.promote is promote
     assert why in decision.reason
 
 
 def test_min_delta_and_switches():
     better, champion = classified([True] * 40), classified([True] * 30 + [False] * 10)
-    assert not decide(better, champion, "1", RegistryParams(model_name="m", min_delta=0.3)).promote
+    assert not decide(better, champion, "1", RegistryParams(model_name="m", min_delta=0.3), SEQ).promote
     slightly = classified([True] * 31 + [False] * 9)
-    assert decide(slightly, champion, "1", RegistryParams(model_name="m", alpha=1.0)).promote  # no significance
+    assert decide(slightly, champion, "1", RegistryParams(model_name="m", alpha=1.0), SEQ).promote  # no significance
     regressing = classified([True] * 40, class_f1={"neg": 0.1})
     lenient = RegistryParams(model_name="m", max_class_regression=None)
-    assert decide(regressing, classified([True] * 30 + [False] * 10, class_f1={"neg": 0.9}), "1", lenient).promote
+    assert decide(regressing, classified([True] * 30 + [False] * 10, class_f1={"neg": 0.9}), "1", lenient, SEQ).promote
 
 
 def test_champion_without_per_example_results_blocks_automatic_promotion():
     champion = Evidence("accuracy", 0.5, "s1", None)
-    decision = decide(classified([True] * 40), champion, "1", REGISTRY)
+    decision = decide(classified([True] * 40), champion, "1", REGISTRY, SEQ)
     assert not decision.promote and "no per-example test results" in decision.reason
 
 

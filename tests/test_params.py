@@ -87,3 +87,21 @@ def test_precision_auto_picks_bf16_only_where_the_hardware_has_it(monkeypatch):
     assert module.auto_precision("32-true") == "32-true"  # an explicit choice is kept
     monkeypatch.setattr(module, "cpu_has_bf16_matmul", lambda: False)
     assert module.auto_precision("auto") == "32-true"
+
+
+def test_one_source_of_defaults_an_empty_section_gets_the_measured_recipe():
+    """params.yaml spells out the code's defaults: a section left empty trains the same measured recipe."""
+    import yaml
+
+    from bertops.config import PARAMS_FILE, Params
+
+    raw = yaml.safe_load((Path(__file__).resolve().parents[1] / PARAMS_FILE).read_text())
+    full = parse_params(raw)
+    for section in ("train", "finetune", "tracking"):
+        emptied = parse_params({**raw, section: {}})
+        assert getattr(emptied, section) == getattr(full, section), section
+    registry = parse_params({**raw, "registry": {"model_name": raw["registry"]["model_name"]}}).registry
+    assert registry == full.registry
+    assert Params.model_fields["task"].default is None  # filled by the default family's own defaults
+    assert parse_params({k: v for k, v in raw.items() if k != "task"}).task == full.task
+    assert full.train.epochs == 3 and full.train.batch_size == 16

@@ -15,7 +15,7 @@ from bertops.layout import Layout
 from bertops.stages.evaluate import evaluate
 from bertops.stages.import_corpus import import_corpus
 from bertops.stages.prepare import prepare
-from bertops.stages.evaluate import classification_metrics
+from bertops.tasks.sequence_classification import classification_metrics
 from bertops.predict import predict
 from bertops.stages.register import register
 from bertops.stages.train import train

@@ -17,7 +17,8 @@ from bertops.stages.import_corpus import import_corpus
 from bertops.stages.prepare import prepare
 from bertops.stages.register import register
 from bertops.stages.train import train
-from bertops.training.data import EncodedSplit, encode_sequences
+from bertops.tasks.sequence_classification import encode_sequences
+from bertops.training.data import EncodedSplit
 
 from conftest import FILLER, NEGATIVE, POSITIVE, tiny_params
 

@@ -121,11 +121,3 @@ def encode_texts(rows: list[dict], tokenizer, max_length: int) -> list[dict]:
         feature["example_index"] = i
         features.append(feature)
     return features
-
-
-def masking_options(task) -> dict | None:
-    """The MaskingCollator options a masked_lm task's params give (None for other tasks)."""
-    if task.type != "masked_lm":
-        return None
-    return {"probability": task.mlm_probability, "masking": task.masking, "replace_prob": task.mask_replace_prob,
-            "random_prob": task.random_replace_prob, "span_mean": task.span_mean_length}

@@ -9,10 +9,9 @@ from pathlib import Path
 
 from bertops.config import Params
 from bertops.corpora.packaged import is_manifest, manifest_rows
-from bertops.corpora.readers import detect_format
-from bertops.corpora.token_readers import detect_token_format
 from bertops.errors import CorpusError
 from bertops.layout import Layout
+from bertops.tasks import task_of
 
 log = logging.getLogger(__name__)
 
@@ -36,14 +35,8 @@ def import_corpus(params: Params, layout: Layout) -> Path:
         log.info("imported %d rows from packaged corpus %s into %s", count, source.name, target)
     else:
         # A user's own file is copied byte for byte, so that prepare's file:line errors match their file.
-        if params.task.type == "question_answering":
-            fmt, suffix = "squad", "json"
-        elif params.task.type == "masked_lm" and (params.corpus.format == "text" or (
-                params.corpus.format == "auto" and source.suffix.lower() == ".txt")):
-            fmt, suffix = "text", "txt"
-        else:
-            detect = detect_token_format if params.task.type == "token_classification" else detect_format
-            fmt = suffix = detect(source, params.corpus.format)
+        # the family names the suffix, so that prepare reads the copy in the format the user meant
+        suffix = task_of(params).raw_suffix(source, params.corpus)
         target = layout.raw_dir / f"corpus.{suffix}"
         shutil.copyfile(source, target)
         log.info("imported %s into %s", source, target)

@@ -11,15 +11,13 @@ from pathlib import Path
 
 import mlflow
 from mlflow import MlflowClient
-from transformers import AutoTokenizer, pipeline
-
-import bertops
 from bertops import lineage, model_card, tracking
 from bertops.config import Params, params_hash
 from bertops.errors import BertopsError
 from bertops.gate import Decision, Evidence, decide
 from bertops.layout import Layout
-from bertops.modeling import AUTO_MODELS, is_adapter_checkpoint, needs_bertops_loader
+from bertops.modeling import is_adapter_checkpoint
+from bertops.tasks import task_of
 from bertops.registry import (CHALLENGER, CHAMPION, current_champion, gate_lock, move_champion, read_predictions,
                               version_evidence)
 
@@ -47,73 +45,14 @@ def lineage_tags(params: Params, layout: Layout, run_id: str, metrics: dict) -> 
     return tags
 
 
-def _pipeline_input(row: dict):
-    """What the task's pipeline takes: a string (a token-classification row's words joined by spaces), or
-    {text, text_pair} for a sentence pair."""
-    if "tokens" in row:
-        return " ".join(row["tokens"])
-    if "question" in row:
-        return {"question": row["question"], "context": row["context"]}
-    if "text_pair" not in row and "label" not in row:  # masked LM: a cloze with one word masked
-        words = row["text"].split()
-        words[len(words) // 2] = "[MASK]"
-        return " ".join(words)
-    return {"text": row["text"], "text_pair": row["text_pair"]} if "text_pair" in row else row["text"]
-
-
-def pipeline_config(params: Params) -> dict | None:
-    """Call arguments the registered pipeline runs with, matching how the model was trained and evaluated."""
-    task = params.task
-    if task.type == "token_classification":
-        return {"aggregation_strategy": "first"}  # whole words; each word's tag read at its first sub-token
-    return None
-
-
-def _log_bertops_pyfunc(python_model, layout: Layout, example_rows: list[dict], config: dict,
-                        requirements: list[str]):
-    """A pyfunc model that runs bertops's own inference code, shipped with it through `code_paths`."""
-    import pandas as pd
-
-    return mlflow.pyfunc.log_model(
-        name="model", python_model=python_model, artifacts={"checkpoint": str(layout.model_dir)},
-        code_paths=[str(Path(bertops.__file__).parent)], input_example=pd.DataFrame(example_rows),
-        model_config=config, pip_requirements=requirements + ["pandas"])
-
-
 def log_model(params: Params, layout: Layout):
-    """The checkpoint as an MLflow model in the active run: transformers flavor with the task's pipeline, or a
-    pyfunc model carrying bertops's own inference code for extractive QA (no pipeline in transformers 5) and for
-    peft adapters (only the adapter and head weights are stored; the base model loads with the model)."""
-    example = [_pipeline_input(json.loads(line)) for line in layout.split("test").open()][:2]
+    """The checkpoint as an MLflow model in the active run, as the task family registers it (a transformers
+    pipeline, or a bertops pyfunc model running the code that evaluated it), with pinned requirements."""
     adapter = is_adapter_checkpoint(layout.model_dir)
     pins = lineage.package_versions("transformers", "torch", "tokenizers", "accelerate",
                                     *(["peft"] if adapter else []))
     requirements = [f"{k}=={v.split('+')[0]}" for k, v in pins.items() if v != "not installed"]
-    if needs_bertops_loader(layout.model_dir) and params.task.type in ("sequence_classification",
-                                                                         "token_classification"):
-        from bertops.pyfunc_classifier import BertopsClassifier
-
-        rows = [x if isinstance(x, dict) else {"text": x} for x in example]
-        config = {"task_type": params.task.type, "max_length": params.model.max_length,
-                  "tag_scheme": getattr(params.task, "tag_scheme", "BIO")}
-        return _log_bertops_pyfunc(BertopsClassifier(), layout, rows, config, requirements)
-    if params.task.type == "question_answering":
-        from bertops.qa.pyfunc import ExtractiveQA
-
-        task = params.task
-        config = {"task_type": task.type, "max_length": params.model.max_length, "doc_stride": task.doc_stride,
-                  "n_best": task.n_best,
-                  "max_answer_length": task.max_answer_length, "allow_no_answer": task.allow_no_answer,
-                  "null_threshold": task.null_threshold}
-        return _log_bertops_pyfunc(ExtractiveQA(), layout, example, config, requirements)
-    model = AUTO_MODELS[params.task.type].from_pretrained(layout.model_dir)
-    tokenizer = AutoTokenizer.from_pretrained(layout.model_dir)
-    classifier = pipeline(params.task.pipeline_task, model=model, tokenizer=tokenizer)
-    if params.task.type == "masked_lm":
-        example = [text.replace("[MASK]", tokenizer.mask_token) for text in example]
-    return mlflow.transformers.log_model(
-        classifier, name="model", task=params.task.pipeline_task, input_example=example,
-        pip_requirements=requirements, model_config=pipeline_config(params))
+    return task_of(params).log_model(params, layout, requirements)
 
 
 def gate_tags(decision: Decision) -> dict[str, str]:
@@ -136,7 +75,8 @@ def apply_gate(client: MlflowClient, params: Params, version: str, challenger: E
     with gate_lock(client, name):
         champion = current_champion(client, name)
         before = version_evidence(client, champion) if champion is not None else None
-        decision = decide(challenger, before, champion.version if champion is not None else None, params.registry)
+        decision = decide(challenger, before, champion.version if champion is not None else None, params.registry,
+                          task_of(params))
         if decision.promote:
             move_champion(client, name, version)
             if champion is not None:
@@ -164,7 +104,7 @@ def register(params: Params, layout: Layout) -> dict:
     name = params.registry.model_name
     tags = lineage_tags(params, layout, run_id, metrics)
     challenger = Evidence.from_reports(metrics, read_predictions(layout.predictions_file),
-                                       tags["bertops.test_split_sha256"])
+                                       tags["bertops.test_split_sha256"], task_of(params).class_table_key)
     with mlflow.start_run(run_id=run_id):
         info = log_model(params, layout)
         # evaluate already put metrics.json and test_predictions.jsonl (the next gate's evidence) into this run
@@ -187,7 +127,7 @@ def register(params: Params, layout: Layout) -> dict:
                 plot = model_card.plot_class_changes(challenger, before, decision, Path(tmp) / "class_changes.png")
                 mlflow.log_artifact(str(plot), artifact_path="reports")
     client.set_tag(run_id, "bertops.registered_version", version)
-    result = {"model_name": name, "version": version, "model_uri": info.model_uri, "run_id": run_id,
+    result = {"model_name": name, "task": params.task.type, "version": version, "model_uri": info.model_uri, "run_id": run_id,
               "decision": CHAMPION if decision.promote else CHALLENGER, **asdict(decision)}
     layout.registration_file.write_text(json.dumps(result, indent=1) + "\n")
     log.info("registered %s v%s -> %s: %s", name, version, result["decision"], decision.reason)

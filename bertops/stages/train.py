@@ -16,23 +16,16 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 
 from bertops import tracking
-from bertops.config import Params, flat_params, metric_mode, params_hash
+from bertops.config import Params, flat_params, params_hash
 from bertops.errors import BertopsError
 from bertops.layout import Layout
-from bertops.mlm.masking import masking_options
-from bertops.modeling import (add_tokens, carry_pooler, load_classifier, load_tokenizer, resolve_model_path,
-                              save_trained)
+from bertops.modeling import load_tokenizer, resolve_model_path, save_trained
+from bertops.tasks import task_of
 from bertops.training import distributed
 from bertops.training.data import FineTuneData
 from bertops.training.mlflow_logging import MlflowMetricsLogger
 from bertops.training.strategies import GradualUnfreezing, apply_strategy, encoder_parts, parameter_counts
-from bertops.training.module import (
-    MaskedLM,
-    QuestionAnswerer,
-    SequenceClassifier,
-    TokenClassifier,
-    auto_precision,
-)
+from bertops.training.module import auto_precision
 
 log = logging.getLogger(__name__)
 
@@ -76,20 +69,29 @@ def _write_history(client: MlflowClient, run_id: str, layout: Layout, val_keys: 
             writer.writerow([epoch, step, *(f"{val[k].get(step, float('nan')):.6f}" for k in val)])
 
 
+def task_data(family, params: Params, split_paths: dict, tokenizer, labels) -> FineTuneData:
+    """The family's features and batches for the named splits, as the train stage builds them."""
+    hp = params.train
+    collators = family.collators(tokenizer, params)
+    return FineTuneData(split_paths, tokenizer, labels,
+                        encode=lambda rows, tok, labels: family.encode(rows, tok, labels, params),
+                        collate=collators.train, eval_collate=collators.eval, max_length=params.model.max_length,
+                        batch_size=hp.batch_size, eval_batch_size=hp.eval_batch_size,
+                        length_grouping=hp.length_grouping, num_workers=hp.num_workers, seed=hp.seed,
+                        max_train_examples=hp.max_train_examples, train_fraction=hp.train_fraction)
+
+
 def train(params: Params, layout: Layout, run_tags: dict[str, str] | None = None) -> dict | None:
     """Fine-tune; `run_tags` go on the MLflow run (a study passes `mlflow.parentRunId` to nest its runs). Returns the
     run's summary, or None in a training process other than rank zero."""
     hp = params.train
     # before the model is built: the new head's initial weights come from this seed too
     L.seed_everything(hp.seed, workers=True, verbose=False)
-    labels = json.loads(layout.labels_file.read_text())
+    family = task_of(params)
+    labels = json.loads(layout.labels_file.read_text())  # the label space prepare found (the family's format)
     tokenizer = load_tokenizer(params.model.name_or_path, params.model.revision)
-    model, new_params = load_classifier(params.model.name_or_path, labels, params.model.revision, params.task.type)
-    task = params.task
-    if task.type == "token_classification" and task.add_unknown_tokens:
-        uncovered = json.loads(layout.vocab_coverage_file.read_text())["uncovered_characters"]
-        add_tokens(model, tokenizer, list(uncovered))  # new rows start at the mean embedding, train at train.lr
-    model, new_params = apply_strategy(model, new_params, params.finetune, task.type)
+    model, new_params = family.load_model(params, labels, tokenizer, layout)
+    model, new_params = apply_strategy(model, new_params, params.finetune, family.name)
     counts = parameter_counts(model)
     log.info("finetune.encoder=%s: %d of %d parameters train", params.finetune.encoder, counts["trainable_params"],
              counts["total_params"])
@@ -120,23 +122,10 @@ def train(params: Params, layout: Layout, run_tags: dict[str, str] | None = None
         state = distributed.await_announcement(state_file)
         run_id, resume = state["run_id"], state["resume"]
 
-    data = FineTuneData(
-        {name: layout.split(name) for name in ("train", "val")}, tokenizer, labels,
-        max_length=params.model.max_length, batch_size=hp.batch_size, eval_batch_size=hp.eval_batch_size,
-        length_grouping=hp.length_grouping, num_workers=hp.num_workers, seed=hp.seed,
-        max_train_examples=hp.max_train_examples, train_fraction=hp.train_fraction, task_type=task.type,
-        doc_stride=getattr(task, "doc_stride", 128), masking=masking_options(task))
-    strategy = {"finetune": params.finetune}
-    if task.type == "token_classification":
-        module = TokenClassifier(model, new_params, hp, task.tag_scheme, **strategy)
-    elif task.type == "question_answering":
-        module = QuestionAnswerer(model, new_params, hp, task, **strategy)
-    elif task.type == "masked_lm":
-        module = MaskedLM(model, new_params, hp, **strategy)
-    else:
-        module = SequenceClassifier(model, new_params, hp, **strategy)
+    data = task_data(family, params, {name: layout.split(name) for name in ("train", "val")}, tokenizer, labels)
+    module = family.build_module(model, new_params, params)
     monitor = f"val_{params.task.metric}"
-    mode = metric_mode(task.metric)
+    mode = family.metric_mode(params.task.metric)
     checkpoint = ModelCheckpoint(dirpath=work / "ckpt", filename="best", monitor=monitor, mode=mode, save_top_k=1,
                                  save_last=True, enable_version_counter=False)
     callbacks = [checkpoint, TQDMProgressBar(refresh_rate=10)]
@@ -170,11 +159,11 @@ def train(params: Params, layout: Layout, run_tags: dict[str, str] | None = None
 
     best = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=False)
     module.load_state_dict(best["state_dict"])
+    family.finalize(module.model, tokenizer, params, layout)  # e.g. decision thresholds chosen on validation
     if layout.model_dir.exists():
         shutil.rmtree(layout.model_dir)
     save_trained(module.model, tokenizer, layout.model_dir, params.model.name_or_path, params.model.revision)
-    if task.type == "masked_lm":  # the checkpoint may become a downstream model.name_or_path (DAPT/TAPT)
-        carry_pooler(params.model.name_or_path, params.model.revision, layout.model_dir)
+    family.after_save(params, layout)
 
     summary = {
         "best_val_" + params.task.metric: float(checkpoint.best_model_score),

@@ -15,7 +15,7 @@ def param_groups(model: torch.nn.Module, *, lr: float, head_lr: float, weight_de
     """Groups by {encoder depth or head} x {decayed, not decayed}; empty groups are left out. With
     layer_lr_decay < 1 an encoder parameter at depth d (0 = embeddings, L + 1 = above the top block) gets
     lr * decay^(L + 1 - d). `include_frozen` keeps frozen parameters (gradual unfreezing turns them on later)."""
-    from bertops.training.strategies import layer_depth
+    from bertops.training.encoder_parts import layer_depth
 
     top = len(parts.layers) + 1 if parts is not None else 0
     groups: dict[tuple, list] = {}

@@ -7,8 +7,6 @@ Works on the BERT family: the encoder's transformer blocks are the first `Module
 from __future__ import annotations
 
 import logging
-import re
-from dataclasses import dataclass
 
 import lightning as L
 import torch
@@ -16,50 +14,11 @@ from torch import nn
 
 from bertops.config import FinetuneParams
 from bertops.errors import BertopsError
+from bertops.training.encoder_parts import EncoderParts, encoder_parts, layer_depth  # noqa: F401
 
 log = logging.getLogger(__name__)
 
-# the head module each peft task type keeps fully trainable (and saves beside the adapter)
-PEFT_TASK_TYPES = {"sequence_classification": "SEQ_CLS", "token_classification": "TOKEN_CLS",
-                   "question_answering": "QUESTION_ANS"}
 IA3_FEEDFORWARD = ["output.dense"]
-
-
-@dataclass(frozen=True)
-class EncoderParts:
-    prefix: str  # parameter-name prefix of the base model inside the task model, e.g. "bert."
-    embeddings: nn.Module | None
-    layers: nn.ModuleList
-    layers_name: str  # e.g. "bert.encoder.layer"
-    pooler: nn.Module | None
-
-
-def encoder_parts(model: nn.Module) -> EncoderParts:
-    base_name = getattr(model, "base_model_prefix", "")
-    base = getattr(model, base_name, None) if base_name else None
-    if base is None:
-        base, base_name = model, ""
-    prefix = f"{base_name}." if base_name else ""
-    for name, module in base.named_modules():
-        if isinstance(module, nn.ModuleList) and len(module) and name.split(".")[-1] in ("layer", "layers"):
-            return EncoderParts(prefix, getattr(base, "embeddings", None), module, prefix + name,
-                                getattr(base, "pooler", None))
-    raise BertopsError(f"finetune: cannot find the transformer layers of {type(model).__name__} (expected a "
-                       "ModuleList named layer/layers under the base model); use finetune.encoder: full with "
-                       "no freeze_layers / reinit_top_layers / layer_lr_decay")
-
-
-def layer_depth(name: str, parts: EncoderParts) -> int | None:
-    """0 = embeddings, 1..L = transformer blocks, L + 1 = everything above (pooler); None = not the encoder."""
-    n = len(parts.layers)
-    match = re.match(re.escape(parts.layers_name) + r"\.(\d+)\.", name)
-    if match:
-        return int(match.group(1)) + 1
-    if parts.prefix and not name.startswith(parts.prefix):
-        return None
-    if ".embeddings." in f".{name}":
-        return 0
-    return n + 1
 
 
 @torch.no_grad()
@@ -102,7 +61,8 @@ def set_trainable_depths(model: nn.Module, parts: EncoderParts, lowest: int) -> 
 
 def apply_strategy(model: nn.Module, new_params: set[str], finetune: FinetuneParams, task_type: str):
     """Returns (model, head parameter names): the model to train, possibly wrapped by peft, with the
-    parameters that should not train frozen."""
+    parameters that should not train frozen. `task_type`: the task family, whose `peft_task_type` names the head
+    an adapter keeps trainable (None: the family offers no adapters)."""
     if finetune.reinit_top_layers or finetune.reinit_pooler:
         log.info("re-initialised %s", reinit_top(model, finetune.reinit_top_layers, finetune.reinit_pooler))
     if finetune.layer_features == "scalar_mix":
@@ -111,7 +71,9 @@ def apply_strategy(model: nn.Module, new_params: set[str], finetune: FinetunePar
         prefix = scalar_mix.attach(model)
         new_params = set(new_params) | {prefix + "scalars", prefix + "gamma"}  # new weights: trained as the head
     if finetune.encoder in ("lora", "ia3"):
-        return _wrap_adapter(model, finetune, task_type)
+        from bertops.tasks import get_task
+
+        return _wrap_adapter(model, finetune, get_task(task_type).peft_task_type)
     if finetune.encoder == "frozen":
         for name, param in model.named_parameters():
             param.requires_grad_(name in new_params)
@@ -124,12 +86,12 @@ def apply_strategy(model: nn.Module, new_params: set[str], finetune: FinetunePar
     return model, set(new_params)
 
 
-def _wrap_adapter(model: nn.Module, finetune: FinetuneParams, task_type: str):
+def _wrap_adapter(model: nn.Module, finetune: FinetuneParams, peft_task_type: str | None):
     from peft import IA3Config, LoraConfig, get_peft_model
 
-    if task_type not in PEFT_TASK_TYPES:
-        raise BertopsError(f"finetune.encoder: {finetune.encoder} is not available for task.type {task_type} "
-                           f"(allowed: {', '.join(PEFT_TASK_TYPES)})")
+    if peft_task_type is None:
+        raise BertopsError(f"finetune.encoder: {finetune.encoder} is not available for this task (allowed: full, "
+                           "frozen)")
     lora = finetune.lora
     linear = [name.split(".") for name, m in model.named_modules() if isinstance(m, nn.Linear)]
     names = {parts[-1] for parts in linear} | {".".join(parts[-2:]) for parts in linear}
@@ -138,10 +100,10 @@ def _wrap_adapter(model: nn.Module, finetune: FinetuneParams, task_type: str):
         if missing:
             raise BertopsError(f"finetune.lora.target_modules: {missing} name no Linear module of "
                                f"{type(model).__name__} (some that exist: {sorted(names)[:12]})")
-        config = LoraConfig(task_type=PEFT_TASK_TYPES[task_type], r=lora.r, lora_alpha=lora.alpha,
+        config = LoraConfig(task_type=peft_task_type, r=lora.r, lora_alpha=lora.alpha,
                             lora_dropout=lora.dropout, target_modules=list(lora.target_modules))
     else:  # IA3: learned rescaling of keys, values and the feed-forward output
-        config = IA3Config(task_type=PEFT_TASK_TYPES[task_type], target_modules=["key", "value", *IA3_FEEDFORWARD],
+        config = IA3Config(task_type=peft_task_type, target_modules=["key", "value", *IA3_FEEDFORWARD],
                            feedforward_modules=IA3_FEEDFORWARD)
     wrapped = get_peft_model(model, config)
     head = {name for name, p in wrapped.named_parameters() if p.requires_grad and "modules_to_save" in name}

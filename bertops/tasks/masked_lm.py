@@ -1,0 +1,278 @@
+"""Masked-LM continued pretraining (domain- or task-adaptive, DAPT/TAPT) on unlabelled text, with BERT's 80/10/10
+replacement over sub-tokens, whole words or spans (bertops/mlm/masking.py). The output checkpoint can be the
+model.name_or_path of a fine-tune; the registered model is a transformers `fill-mask` pipeline (cloze)."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from typing import Literal
+
+import numpy as np
+import torch
+from pydantic import Field, model_validator
+from transformers import AutoModelForMaskedLM
+
+from bertops.tasks.base import Collators, Scored, TaskFamily, TaskParamsBase
+from bertops.training.data import IGNORE_INDEX
+from bertops.training.module import FineTuner
+
+
+class MaskedLMTask(TaskParamsBase):
+    """Continued masked-LM pretraining (domain- or task-adaptive) on unlabelled text; the output checkpoint can
+    be the model.name_or_path of a fine-tune. The MLM head is initialised when the checkpoint lacks one (its
+    decoder stays tied to the input embeddings)."""
+
+    type: Literal["masked_lm"]
+    metric: Literal["perplexity"] = Field("perplexity", description="held-out perplexity on masked tokens")
+    mlm_probability: float = Field(0.15, gt=0, lt=1, description="share of tokens selected for prediction")
+    mask_replace_prob: float = Field(0.8, ge=0, le=1, description="selected tokens replaced by [MASK]")
+    random_replace_prob: float = Field(0.1, ge=0, le=1, description="selected tokens replaced by a random token")
+    masking: Literal["token", "whole_word", "span"] = Field(
+        "token", description="unit of selection: sub-tokens, whole words, or spans of whole words (SpanBERT)")
+    span_mean_length: float = Field(3.0, ge=1, le=10, description="mean span length in words (masking: span)")
+
+    @model_validator(mode="after")
+    def _replacement_shares(self):
+        if self.mask_replace_prob + self.random_replace_prob > 1:
+            raise ValueError("mask_replace_prob + random_replace_prob must be at most 1 (the rest is kept)")
+        return self
+
+    def masking_options(self) -> dict:
+        """The MaskingCollator options these params give."""
+        return {"probability": self.mlm_probability, "masking": self.masking, "replace_prob": self.mask_replace_prob,
+                "random_prob": self.random_replace_prob, "span_mean": self.span_mean_length}
+
+
+def masked_lm_head(model):
+    """The prediction head of a *ForMaskedLM model as a module from hidden states to vocabulary logits, for the
+    families whose head is one such module (BERT and its kin: `cls`; RoBERTa, XLM-R, DeBERTa: `lm_head`); None
+    for others (their own forward is used)."""
+    for name in ("cls", "lm_head"):
+        head = getattr(model, name, None)
+        if isinstance(head, torch.nn.Module):
+            return head
+    return None
+
+
+class MaskedLM(FineTuner):
+    """Held-out perplexity: exp of the mean loss over every masked token of the split (fixed masks)."""
+
+    VAL_METRICS = ("val_loss", "val_perplexity", "val_accuracy")
+
+    def __init__(self, model, new_params: set[str], train_params, **kw):
+        super().__init__(model, new_params, train_params, **kw)
+        self._sums = None
+        self._head = masked_lm_head(model)
+
+    def masked_outputs(self, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(mean loss, logits, labels) over the masked positions only. The head runs on those ~15 % of positions
+        instead of all of them: its projection onto the vocabulary costs more than the whole encoder per token
+        for a small model (MiniLM: 384 x 30,522 vs about 6 x 1.8 M multiply-adds). Same loss as the model's own
+        forward, which scores every position and then ignores the unmasked ones."""
+        masked = batch["labels"] != IGNORE_INDEX
+        targets = batch["labels"][masked]
+        if self._head is None:  # a model family whose head we do not know: its own forward
+            out = self.model(**batch)
+            return out.loss, out.logits[masked], targets
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        hidden = self.model.base_model(**inputs).last_hidden_state
+        logits = self._head(hidden[masked])
+        if logits.shape[0] == 0:  # nothing masked in this batch: a zero loss that still reaches every weight
+            return logits.sum() + hidden.sum() * 0.0, logits, targets
+        return torch.nn.functional.cross_entropy(logits.float(), targets), logits, targets
+
+    def training_loss(self, batch) -> torch.Tensor:
+        mean, _, targets = self.masked_outputs(batch)
+        return self.token_mean(mean * targets.numel(), mean.new_tensor(float(targets.numel())))
+
+    def on_validation_epoch_start(self):
+        self._sums = torch.zeros(3, device=self.device)  # loss sum, masked tokens, correct top-1
+
+    def validation_step(self, batch, batch_idx):
+        loss, logits, labels = self.masked_outputs(batch)
+        n = labels.numel()
+        correct = (logits.argmax(-1) == labels).sum()
+        self._sums += torch.stack([loss.float() * n, loss.new_tensor(float(n)).float(), correct.float()])
+
+    def on_validation_epoch_end(self):
+        loss_sum, n, correct = self.trainer.strategy.reduce(self._sums, reduce_op="sum").tolist()
+        mean = loss_sum / max(n, 1.0)
+        self.log("val_loss", mean, logger=False)
+        self.log("val_perplexity", math.exp(min(mean, 50.0)), prog_bar=True, logger=False)
+        self.log("val_accuracy", correct / max(n, 1.0), logger=False)
+
+
+def read_texts(path, corpus) -> list[tuple[int, str]]:
+    """Unlabelled text: one document or sentence per line (.txt), or the text column of a CSV/TSV/JSONL corpus."""
+    from bertops.corpora.readers import _decode, _field, _records, detect_format
+    from bertops.errors import CorpusError
+
+    if path.suffix == ".txt":
+        lines = _decode(path, corpus.encoding).splitlines()
+        texts = [(i, line.strip()) for i, line in enumerate(lines, start=1) if line.strip()]
+    else:
+        texts = []
+        for lineno, record in _records(path, detect_format(path), corpus.encoding):
+            text = (_field(record, corpus.text_column, path, lineno) or "").strip()
+            if not text:
+                raise CorpusError(path, lineno, f"empty text in field {corpus.text_column!r}")
+            texts.append((lineno, text))
+    if not texts:
+        raise CorpusError(path, None, "no text: the file is empty")
+    return texts
+
+
+def cloze(text: str) -> str:
+    """A text with its middle word masked: the registered model's input example."""
+    words = text.split()
+    words[len(words) // 2] = "[MASK]"
+    return " ".join(words)
+
+
+class MaskedLanguageModeling(TaskFamily):
+    name = "masked_lm"
+    params = MaskedLMTask
+    auto_model = AutoModelForMaskedLM
+    pipeline_task = "fill-mask"
+    labelled = False
+    layer_mix_allowed = False
+    lower_is_better = frozenset({"perplexity"})
+    intended_use = ("Fills [MASK] positions (cloze); its checkpoint is meant as the starting point of a downstream "
+                    "fine-tune on the same domain.")
+
+    def check_params(self, params):
+        if params.finetune.encoder != "full" or params.finetune.layer_features != "last":
+            raise ValueError(f"finetune.encoder: {params.finetune.encoder} / finetune.layer_features: "
+                             f"{params.finetune.layer_features} do not apply to masked_lm pretraining, which trains "
+                             "the encoder itself (allowed: encoder full, layer_features last)")
+
+    def raw_suffix(self, source, corpus):
+        if corpus.format == "text" or (corpus.format == "auto" and source.suffix.lower() == ".txt"):
+            return "txt"
+        return super().raw_suffix(source, corpus)
+
+    def prepare(self, params, layout):
+        from bertops.corpora.splitting import random_splits, write_labels, write_splits, write_stats
+        from bertops.errors import CorpusError
+
+        corpus = params.corpus
+        raw = layout.raw_corpus()
+        texts = read_texts(raw, corpus)
+        seen, kept = set(), []
+        for line, text in texts:
+            if text not in seen:
+                seen.add(text)
+                kept.append((line, text))
+        if len(kept) < 3:
+            raise CorpusError(raw, None, f"need at least 3 distinct texts to split, found {len(kept)}")
+        splits = random_splits(kept, corpus.split)
+        write_splits(layout, splits, lambda item: {"text": item[1], "line": item[0]}, order=lambda item: item)
+        write_labels(layout, [])  # masked LM: the vocabulary is the label set
+        return write_stats(layout, {
+            "source": raw.name, "texts": len(texts), "duplicates_dropped": len(texts) - len(kept),
+            "splits": {name: {"texts": len(part), "words": sum(len(t.split()) for _, t in part)}
+                       for name, part in splits.items()}})
+
+    def encode(self, rows, tokenizer, labels, params):
+        from bertops.mlm.masking import encode_texts
+
+        return encode_texts(rows, tokenizer, params.model.max_length)
+
+    def collators(self, tokenizer, params):
+        from bertops.mlm.masking import MaskingCollator
+
+        options = params.task.masking_options()
+        # training masks are drawn afresh for every batch; validation masks are fixed per example
+        return Collators(MaskingCollator(tokenizer, seed=params.train.seed, **options),
+                         MaskingCollator(tokenizer, seed=params.train.seed, fixed=True, **options))
+
+    def build_module(self, model, new_params, params):
+        return MaskedLM(model, new_params, params.train, finetune=params.finetune)
+
+    def after_save(self, params, layout):
+        from bertops.modeling import carry_pooler
+
+        # the checkpoint may become a downstream model.name_or_path (DAPT/TAPT)
+        carry_pooler(params.model.name_or_path, params.model.revision, layout.model_dir)
+
+    @torch.inference_mode()
+    def score(self, params, layout, labels, rows):
+        """Perplexity and top-1 accuracy on the test split's masked tokens, masked exactly as validation masks
+        (fixed per example), so versions trained on the same split compare."""
+        from sklearn.metrics import confusion_matrix
+
+        from bertops.mlm.masking import MaskingCollator, encode_texts
+
+        model, tokenizer = self.load_for_scoring(layout)
+        features = encode_texts(rows, tokenizer, params.model.max_length)
+        collate = MaskingCollator(tokenizer, seed=params.train.seed, fixed=True, **params.task.masking_options())
+        per_example, gold_ids, pred_ids = [], [], []
+        size = params.train.eval_batch_size
+        for start in range(0, len(features), size):
+            batch = {k: v.to(model.device) for k, v in collate(features[start:start + size]).items()}
+            logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits.float()
+            labels_ = batch["labels"]
+            losses = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels_, ignore_index=IGNORE_INDEX,
+                                                       reduction="none")
+            masked = labels_ != IGNORE_INDEX
+            top1 = logits.argmax(-1)
+            for i in range(len(labels_)):
+                m = masked[i]
+                per_example.append((float(losses[i][m].sum()), int(m.sum()),
+                                    int((top1[i][m] == labels_[i][m]).sum())))
+                gold_ids += labels_[i][m].tolist()
+                pred_ids += top1[i][m].tolist()
+        loss_sum = sum(e[0] for e in per_example)
+        n = sum(e[1] for e in per_example)
+        metrics = {"perplexity": float(np.exp(min(loss_sum / max(n, 1), 50.0))),
+                   "masked_accuracy": float(sum(e[2] for e in per_example) / max(n, 1)),
+                   "masked_tokens": n, "texts": len(rows)}
+        predictions = [{"line": row["line"], "masked_tokens": e[1], "loss_sum": round(e[0], 5),
+                        "correct_tokens": e[2], "correct": e[1] == e[2]} for row, e in zip(rows, per_example)]
+        # which fillers the model confuses: the 10 most frequent masked tokens and everything else
+        common = [t for t, _ in Counter(gold_ids).most_common(10)]
+        names = tokenizer.convert_ids_to_tokens(common) + ["(other)"]
+        index = {t: i for i, t in enumerate(common)}
+        matrix = confusion_matrix([index.get(t, len(common)) for t in gold_ids],
+                                  [index.get(t, len(common)) for t in pred_ids], labels=list(range(len(names))))
+        return Scored(metrics, predictions, matrix, names, title="test masked tokens: gold vs top-1 filler")
+
+    def statistic(self, metric, rows):
+        loss, tokens = (np.array([r[k] for r in rows], dtype=float) for k in ("loss_sum", "masked_tokens"))
+        return lambda idx: np.exp(np.minimum(loss[idx].sum(axis=1) / np.maximum(tokens[idx].sum(axis=1), 1), 50.0))
+
+    # ---- registering, predicting ------------------------------------------------------------------------------
+    def example_input(self, row):
+        return {"text": cloze(row["text"])}
+
+    def log_model(self, params, layout, requirements):
+        from transformers import AutoTokenizer
+
+        from bertops.tasks.sequence_classification import log_pipeline
+
+        mask = AutoTokenizer.from_pretrained(layout.model_dir).mask_token
+        return log_pipeline(self, params, layout, requirements, lambda x: x["text"].replace("[MASK]", mask))
+
+    def predict(self, loaded, inputs, params):
+        from bertops.errors import BertopsError
+
+        rows = []
+        for x in inputs:
+            if x["text"].count("[MASK]") != 1:
+                raise BertopsError(f"predict: a masked-LM model fills one [MASK] per text: {x['text']!r}")
+            fillers = loaded(x["text"].replace("[MASK]", loaded.tokenizer.mask_token), top_k=5)
+            rows.append({"text": x["text"], "fillers": [{"token": f["token_str"].strip(),
+                                                         "probability": round(float(f["score"]), 4)}
+                                                        for f in fillers]})
+        return rows
+
+    def format_row(self, row):
+        return row["text"] + "\n    " + "  ".join(f"{f['token']} {f['probability']:.3f}" for f in row["fillers"])
+
+    def example_count(self, metrics):
+        return metrics.get("texts")
+
+    def metrics_markdown(self, metrics):
+        parts = [f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float)]
+        return ", ".join(parts) + f" ({metrics['texts']} texts, {metrics['masked_tokens']} masked tokens)\n"
