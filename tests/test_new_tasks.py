@@ -187,7 +187,7 @@ def test_multilabel_through_dvc_and_the_flow_registers_and_predicts(tmp_path, ti
     _project(root, tiny_model_dir, "tagged.jsonl", task__type="multi_label_classification",
              task__metric="micro_f1", corpus__label_column="tags", registry__model_name="tiny-tags")
     params = yaml.safe_load((root / "params.yaml").read_text())
-    params["train"].update(epochs=20, early_stopping_patience=6)  # three sigmoids take longer than one softmax
+    params["train"].update(epochs=40, early_stopping_patience=8)  # three sigmoids take longer than one softmax
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     make_pipeline_repo(root)
     result = run_flow(root)
