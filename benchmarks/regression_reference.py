@@ -19,6 +19,22 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 
 
+def paired_difference(gold, a, b, samples: int = 2000, seed: int = 0) -> dict:
+    """Resampling the sentences: the 95% interval of (correlation of a) - (correlation of b), Pearson and Spearman."""
+    from scipy.stats import pearsonr, spearmanr
+
+    rng = np.random.default_rng(seed)
+    out = {}
+    for name, corr in (("pearson", pearsonr), ("spearman", spearmanr)):
+        deltas = []
+        for _ in range(samples):
+            idx = rng.integers(0, len(gold), len(gold))
+            deltas.append(corr(gold[idx], a[idx])[0] - corr(gold[idx], b[idx])[0])
+        low, high = np.percentile(deltas, [2.5, 97.5])
+        out[name] = {"delta": float(corr(gold, a)[0] - corr(gold, b)[0]), "ci95": [float(low), float(high)]}
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--regression", type=Path, default=REPO / "pipelines" / "mr-score")
@@ -60,6 +76,7 @@ def main() -> None:
                                    "rmse": float(np.sqrt(np.mean((gold - train_mean) ** 2))),
                                    "mae": float(np.mean(np.abs(gold - train_mean)))},
         "regression_full_test": json.loads(reg_layout.metrics_file.read_text()),
+        "paired_bootstrap_regression_minus_classifier": paired_difference(gold, predicted, positive),
     }
     print(json.dumps(result, indent=1))
     if args.out:
