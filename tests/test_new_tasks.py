@@ -174,7 +174,8 @@ def test_regression_through_dvc_and_the_flow_registers_predicts_and_gates(tmp_pa
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     second = run_flow(root)
     version = second["registration"]["version"]
-    tags = MlflowClient(f"sqlite:///{root / 'mlflow.db'}").get_model_version("tiny-score", version).tags
+    store = f"sqlite:///{root / 'mlflow.db'}"  # both URIs: an earlier in-process test set mlflow's global registry
+    tags = MlflowClient(tracking_uri=store, registry_uri=store).get_model_version("tiny-score", version).tags
     assert tags["bertops.gate.test"] == "paired_bootstrap" and 0 < float(tags["bertops.gate.p_value"]) <= 1
 
 
