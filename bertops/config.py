@@ -22,7 +22,8 @@ class _Section(BaseModel):
 class SplitParams(_Section):
     val: float = Field(0.1, gt=0, lt=0.5, description="share of examples held out for validation")
     test: float = Field(0.1, gt=0, lt=0.5, description="share of examples held out for the test split")
-    seed: int = Field(0, ge=0, description="seed of the stratified split")
+    seed: int = Field(0, ge=0, description="salt of the split hash: an example's split is a function of its own "
+                                           "content and this salt, so new rows never move old ones")
 
 
 class CorpusParams(_Section):
@@ -43,6 +44,11 @@ class CorpusParams(_Section):
     labels: list[str] | None = Field(
         None, min_length=2, description="the allowed labels in order; null = every label the corpus has"
     )
+    group_column: str | None = Field(None, description="rows with one value here stay in one split (a document, "
+                                                       "a speaker, a source id); null = each text is its own group")
+    test_source: str | None = Field(None, description="a fixed test file you maintain (a golden set), in the "
+                                                      "corpus's format: the test split as it is, its texts kept "
+                                                      "out of train and val; null = test split by content hash")
     split: SplitParams = SplitParams()
 
 

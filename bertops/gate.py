@@ -1,7 +1,8 @@
 """The promotion gate: may a newly registered version take the `champion` alias from the current one?
 
-The two must be comparable (same metric, same frozen test split, per-example results that line up); then every
-check must pass:
+The champion is scored on the challenger's test split at register (bertops/rescoring.py), so the two are
+compared example by example on the same rows. They must be comparable (same metric, the same params where the
+family says scores depend on them, per-example results that line up); then every check must pass:
 - min_delta: the test metric improves by at least `registry.min_delta` (and by more than nothing);
 - significance: the improvement is significant at `registry.alpha` by a paired, one-sided test (H1: the
   challenger is better): McNemar's exact test on per-example correctness where the family says so (accuracy),
@@ -31,15 +32,17 @@ class Evidence:
     predictions: list[dict] | None  # reports/test_predictions.jsonl rows in test-split order (None: not kept)
     class_f1: dict[str, float] = field(default_factory=dict)  # per class / entity type; {} for QA and MLM
     class_support: dict[str, int] = field(default_factory=dict)  # gold test examples / entities of each
+    comparable: dict[str, str] = field(default_factory=dict)  # params the score depends on (masked LM: masking)
 
     @classmethod
     def from_reports(cls, metrics: dict, predictions: list[dict] | None, test_split: str,
-                     class_table_key: str | None = None) -> "Evidence":
+                     class_table_key: str | None = None, comparable: dict | None = None) -> "Evidence":
         """`class_table_key`: the metrics.json key of the family's per-class / per-type table (None: it has none)."""
         table = metrics.get(class_table_key) or {} if class_table_key else {}
         return cls(metric=metrics["metric"], value=float(metrics[metrics["metric"]]), test_split=test_split,
                    predictions=predictions, class_f1={label: float(s["f1"]) for label, s in table.items()},
-                   class_support={label: int(s["support"]) for label, s in table.items() if "support" in s})
+                   class_support={label: int(s["support"]) for label, s in table.items() if "support" in s},
+                   comparable=dict(comparable or {}))
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,8 @@ class Decision:
     p_value: float | None = None
     test: str | None = None
     checks: tuple[Check, ...] = ()
+    champion_registered_value: float | None = None  # the champion's score at its registration, on its own split
+    champion_scored: str | None = None  # how the champion's score on this split was obtained
 
 
 def improvement(metric: str, challenger: float, champion: float, family) -> float:
@@ -138,24 +143,38 @@ def class_regressions(challenger: Evidence, champion: Evidence, tolerance: float
 
 
 def decide(challenger: Evidence, champion: Evidence | None, champion_version: str | None,
-           registry: RegistryParams, family) -> Decision:
-    """`family`: the task family of the versions (its paired statistic and which way its metric is better)."""
-    if champion is None:
+           registry: RegistryParams, family, champion_scored: str | None = None,
+           champion_registered_value: float | None = None) -> Decision:
+    """`family`: the task family of the versions (its paired statistic and which way its metric is better).
+    `champion`: the champion's evidence on the challenger's test split (None with `champion_version` set: it
+    could not be scored, and `champion_scored` says why)."""
+    if champion_version is None:
         return Decision(True, "no champion yet", challenger.metric, challenger.value)
     base = {"metric": challenger.metric, "challenger_value": challenger.value,
-            "champion_version": str(champion_version)}
+            "champion_version": str(champion_version), "champion_scored": champion_scored,
+            "champion_registered_value": champion_registered_value}
+    if champion is None:
+        return Decision(False, f"champion v{champion_version} could not be compared on this test split "
+                               f"({champion_scored}): no automatic promotion", **base)
     if champion.metric != challenger.metric:
         return Decision(False, f"champion v{champion_version} was scored on {champion.metric!r}, not "
                                f"{challenger.metric!r}: not comparable", **base)
+    differ = sorted(k for k in set(champion.comparable) | set(challenger.comparable)
+                    if champion.comparable.get(k) != challenger.comparable.get(k))
+    if differ:
+        listed = ", ".join(f"{k} {champion.comparable.get(k, 'unset')} -> {challenger.comparable.get(k, 'unset')}"
+                           for k in differ)
+        return Decision(False, f"champion v{champion_version} was scored with other {listed}: not comparable, "
+                               "no automatic promotion", **base)
     base["champion_value"] = champion.value
-    if champion.test_split != challenger.test_split:
-        return Decision(False, f"champion v{champion_version} was scored on a different test split: "
-                               "not comparable, no automatic promotion", **base)
+    if champion.test_split != challenger.test_split:  # score_champion always scores on the challenger's split
+        return Decision(False, f"champion v{champion_version}'s per-example results are for another test split: "
+                               "not comparable", **base)
     delta = improvement(challenger.metric, challenger.value, champion.value, family)
     checks = [Check("min_delta", delta > 0 and delta >= registry.min_delta,
                     f"test {challenger.metric} {challenger.value:.4f} vs champion v{champion_version}'s "
-                    f"{champion.value:.4f}: improvement {delta:+.4f} (must be > 0 and >= min_delta "
-                    f"{registry.min_delta})")]
+                    f"{champion.value:.4f} on this test split: improvement {delta:+.4f} (must be > 0 and >= "
+                    f"min_delta {registry.min_delta})")]
     sig, p_value, test = significance(challenger, champion, registry.alpha, registry.bootstrap_samples, family)
     checks += [sig, class_regressions(challenger, champion, registry.max_class_regression,
                                       registry.min_class_support)]

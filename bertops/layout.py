@@ -14,6 +14,8 @@ class Layout:
     # A study run keeps its model and reports under its own root but reads the project's prepared data and logs
     # to the project's tracking store: `project` is then that project's root.
     project: Path | None = None
+    # scoring a registered version (the champion on today's split): its downloaded checkpoint, not models/best
+    model_path: Path | None = None
 
     @property
     def project_root(self) -> Path:
@@ -45,7 +47,7 @@ class Layout:
 
     @property
     def model_dir(self) -> Path:
-        return self.root / "models" / "best"
+        return self.model_path or self.root / "models" / "best"
 
     @property
     def reports_dir(self) -> Path:
@@ -76,6 +78,11 @@ class Layout:
     def work_dir(self) -> Path:
         """Not a DVC output (DVC deletes outputs before a stage runs): interrupted-run checkpoints live here."""
         return self.root / ".bertops"
+
+    def raw_test(self) -> Path | None:
+        """The user's fixed test file (corpus.test_source) as import copied it, or None."""
+        files = sorted(p for p in self.raw_dir.glob("test.*") if p.is_file())
+        return files[0] if files else None
 
     def raw_corpus(self) -> Path:
         files = sorted(p for p in self.raw_dir.glob("corpus.*") if p.is_file())

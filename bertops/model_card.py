@@ -26,11 +26,16 @@ def comparison_markdown(decision: Decision, challenger: Evidence | None = None,
                         champion: Evidence | None = None) -> str:
     if decision.champion_version is None:
         return f"No champion existed: this version became champion ({decision.reason}).\n"
-    text = (f"Against champion v{decision.champion_version} on the same test split: "
+    registered = decision.champion_registered_value
+    text = (f"Against champion v{decision.champion_version} on this version's test split: "
             f"**{'promoted' if decision.promote else 'not promoted'}**.\n\n"
-            f"| | test {decision.metric} |\n| --- | --- |\n| this version | {decision.challenger_value:.4f} |\n"
+            f"| | test {decision.metric} on this test split | at its registration (its own split) |\n"
+            f"| --- | --- | --- |\n| this version | {decision.challenger_value:.4f} | |\n"
             f"| champion v{decision.champion_version} | "
-            f"{'' if decision.champion_value is None else f'{decision.champion_value:.4f}'} |\n\n")
+            f"{'' if decision.champion_value is None else f'{decision.champion_value:.4f}'} | "
+            f"{'' if registered is None else f'{registered:.4f}'} |\n\n")
+    if decision.champion_scored:
+        text += f"The champion's score on this split: {decision.champion_scored}.\n\n"
     if decision.checks:
         text += checks_markdown(decision.checks)
     else:
@@ -45,8 +50,9 @@ def comparison_markdown(decision: Decision, challenger: Evidence | None = None,
 
 
 def _limitations(params: Params, layout: Layout, metrics: dict, family) -> list[str]:
-    return [f"Scored on one held-out test split ({family.example_count(metrics)} examples, corpus.split.seed "
-            f"{params.corpus.split.seed}); expect a different split or a different domain to score differently.",
+    held_out = (f"the fixed test file {params.corpus.test_source}" if params.corpus.test_source else
+                f"split by content hash, corpus.split.seed {params.corpus.split.seed}")
+    return [f"Scored on one held-out test split ({family.example_count(metrics)} examples, {held_out}); expect a different split or a different domain to score differently.",
             *family.limitations(params, layout, metrics)]
 
 
@@ -71,7 +77,7 @@ def render(params: Params, layout: Layout, name: str, version: str, tags: dict, 
 
 ## Test metrics ({params.task.metric} gates promotion)
 {metrics_markdown(metrics, family)}
-## Comparison with the champion at registration
+## Comparison with the champion, on this version's test split
 {comparison_markdown(decision, challenger, champion)}
 ## Training
 | param | value |

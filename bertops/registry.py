@@ -59,7 +59,10 @@ def version_evidence(client: MlflowClient, mv) -> Evidence:
         from bertops.tasks import get_task
 
         table_key = get_task(tags["bertops.task"]).class_table_key
-    return Evidence.from_reports(metrics, predictions, tags.get("bertops.test_split_sha256", "unknown"), table_key)
+    from bertops.rescoring import COMPARE_TAG
+
+    return Evidence.from_reports(metrics, predictions, tags.get("bertops.test_split_sha256", "unknown"), table_key,
+                                 {k.removeprefix(COMPARE_TAG): v for k, v in tags.items() if k.startswith(COMPARE_TAG)})
 
 
 LOCK_SUFFIX = ".bertops-gate-lock"
@@ -188,6 +191,10 @@ def review(client: MlflowClient, name: str, version: str | None = None) -> str:
     for role, mv in shown:
         lines.append(f"  {role:<9} v{mv.version}: test {metric} {mv.tags.get('bertops.test_value', '?')}  "
                      f"decision {mv.tags.get('bertops.decision', '?')}  run {mv.run_id}")
+    if "bertops.gate.champion_value" in tags:  # the champion it was gated on, scored on the candidate's test split
+        lines.append(f"  champion v{tags.get('bertops.gate.champion_version', '?')} on the candidate's test split: "
+                     f"{metric} {float(tags['bertops.gate.champion_value']):.4f} (at its registration, on its own "
+                     f"split: {tags.get('bertops.gate.champion_registered_value', '?')})")
     lines.append(f"  decision: {tags.get('bertops.decision', '?')} - {tags.get('bertops.decision_reason', '')}")
     for key in sorted(k for k in tags if k.startswith("bertops.gate.")):
         lines.append(f"    {key.removeprefix('bertops.gate.')}: {tags[key]}")

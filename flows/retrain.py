@@ -110,13 +110,16 @@ def decision_markdown(states: dict[str, str], registration: dict | None, metrics
         return text + "**No new version**: the corpus, code and params are unchanged since the last run, " \
                       "so nothing was retrained or registered.\n"
     reg, metric = registration, registration["metric"]
-    champion = (f"v{reg['champion_version']}: {reg['champion_value']:.4f}" if reg.get("champion_value") is not None
-                else "none")
+    def value(key):
+        return "" if reg.get(key) is None else f"{reg[key]:.4f}"
+
+    champion = f"v{reg['champion_version']}" if reg.get("champion_version") else "none"
     text += (f"## Decision: **{reg['decision']}**\n\n"
-             f"| | version | test {metric} |\n| --- | --- | --- |\n"
-             f"| challenger | v{reg['version']} | {reg['challenger_value']:.4f} |\n"
-             f"| champion before | {champion.split(':')[0]} | {champion.split(': ')[-1]} |\n\n"
-             f"Reason: {reg['reason']}\n\nModel: `models:/{reg['model_name']}/{reg['version']}`\n")
+             f"| | version | test {metric} on this test split | at its registration |\n| --- | --- | --- | --- |\n"
+             f"| challenger | v{reg['version']} | {reg['challenger_value']:.4f} | |\n"
+             f"| champion before | {champion} | {value('champion_value')} | {value('champion_registered_value')} |\n\n"
+             + (f"Champion's score on this split: {reg['champion_scored']}.\n\n" if reg.get("champion_scored") else "")
+             + f"Reason: {reg['reason']}\n\nModel: `models:/{reg['model_name']}/{reg['version']}`\n")
     if reg.get("checks"):
         text += "\n" + checks_markdown(reg["checks"])
     if metrics:

@@ -66,7 +66,7 @@ def test_paired_bootstrap_direction_and_no_difference():
 @pytest.mark.parametrize("challenger,champion,promote,why", [
     (classified([True] * 40), None, True, "no champion yet"),
     (classified([True] * 40), classified([True] * 30 + [False] * 10, metric="macro_f1"), False, "not comparable"),
-    (classified([True] * 40), classified([True] * 30 + [False] * 10, split="s2"), False, "different test split"),
+    (classified([True] * 40), classified([True] * 30 + [False] * 10, split="s2"), False, "another test split"),
     (classified([True] * 29 + [False] * 11), classified([True] * 30 + [False] * 10), False, "min_delta failed"),
     (classified([True] * 31 + [False] * 9), classified([True] * 30 + [False] * 10), False, "significance failed"),
     (classified([True] * 40), classified([True] * 30 + [False] * 10), True, "mcnemar_exact p=0.0009766"),
@@ -95,6 +95,17 @@ def test_min_delta_and_switches():
     regressing = classified([True] * 40, class_f1={"neg": 0.1})
     lenient = RegistryParams(model_name="m", max_class_regression=None)
     assert decide(regressing, classified([True] * 30 + [False] * 10, class_f1={"neg": 0.9}), "1", lenient, SEQ).promote
+
+
+def test_a_champion_that_could_not_be_scored_or_masked_otherwise_is_not_compared():
+    unscored = decide(classified([True] * 40), None, "2", REGISTRY, SEQ, champion_scored="artifacts gone")
+    assert not unscored.promote and "could not be compared on this test split (artifacts gone)" in unscored.reason
+    masks = {"task.mlm_probability": "0.15", "task.masking": "token"}
+    challenger = Evidence("accuracy", 1.0, "s1", classified([True] * 40).predictions,
+                          comparable={**masks, "task.masking": "whole_word"})
+    champion = Evidence("accuracy", 0.75, "s1", classified([True] * 30 + [False] * 10).predictions, comparable=masks)
+    decision = decide(challenger, champion, "1", REGISTRY, SEQ)
+    assert not decision.promote and "task.masking token -> whole_word: not comparable" in decision.reason
 
 
 def test_champion_without_per_example_results_blocks_automatic_promotion():
@@ -140,8 +151,8 @@ def _race(tmp_path, monkeypatch, locked: bool):
 
     real_decide = register_stage.decide
 
-    def slow_decide(challenger, *args):  # both read the champion at once; the worse one decides last
-        decision = real_decide(challenger, *args)
+    def slow_decide(challenger, *args, **kwargs):  # both read the champion at once; the worse one decides last
+        decision = real_decide(challenger, *args, **kwargs)
         time.sleep(1.0 if challenger is good else 2.0)
         return decision
 

@@ -20,6 +20,7 @@ class Example:
     text: str
     label: str
     text_pair: str | None = None
+    group: str | None = None  # corpus.group_column's value: rows of one group share a split
 
 
 def detect_format(path: Path, fmt: str = "auto", suffixes: dict[str, str] = SUFFIX_FORMATS) -> str:
@@ -90,7 +91,8 @@ def _records(path: Path, fmt: str, encoding: str):
 
 
 def read_examples(path: Path, *, fmt: str, encoding: str, text_column: str, label_column: str,
-                  text_pair_column: str | None = None, labels: list[str] | None = None) -> list[Example]:
+                  text_pair_column: str | None = None, labels: list[str] | None = None,
+                  group_column: str | None = None) -> list[Example]:
     path = Path(path)
     if not path.is_file():
         raise CorpusError(path, None, "file not found")
@@ -111,7 +113,8 @@ def read_examples(path: Path, *, fmt: str, encoding: str, text_column: str, labe
             raise CorpusError(path, lineno, f"empty label in field {label_column!r}")
         if allowed is not None and label not in allowed:
             raise CorpusError(path, lineno, f"unknown label {label!r} (corpus.labels allows: {labels})")
-        examples.append(Example(lineno, text, label, pair))
+        group = _field(record, group_column, path, lineno) if group_column else None
+        examples.append(Example(lineno, text, label, pair, group))
     if not examples:
         raise CorpusError(path, None, "no examples: the file is empty or has only a header")
     return examples

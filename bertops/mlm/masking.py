@@ -5,6 +5,7 @@ Labels hold the original ids at selected positions and IGNORE_INDEX elsewhere.""
 
 from __future__ import annotations
 
+import hashlib
 import random
 
 from bertops.training.data import IGNORE_INDEX
@@ -73,8 +74,9 @@ def mask_example(input_ids: list[int], word_ids: list[int | None], special: list
 
 class MaskingCollator:
     """Masks each example when its batch is formed: a fresh draw every time for training (dynamic masking), or
-    the same draw for an example every time (`fixed`, seeded by the example's index) so that validation and test
-    perplexities compare across epochs and model versions."""
+    the same draw for an example every time (`fixed`: seeded by the masking seed and the example's own text, not
+    its position or the training seed) so that validation and test perplexities compare across epochs, model
+    versions and growing corpora."""
 
     def __init__(self, tokenizer, *, probability: float, masking: str, replace_prob: float, random_prob: float,
                  span_mean: float, seed: int, fixed: bool = False):
@@ -91,7 +93,7 @@ class MaskingCollator:
 
         rows = []
         for f in features:
-            rng = random.Random(self.seed * 1_000_003 + f["example_index"]) if self.fixed else self.rng
+            rng = random.Random(f"{self.seed}:{f['text_key']}") if self.fixed else self.rng
             ids, labels = mask_example(f["input_ids"], f["word_ids"], f["special_tokens_mask"], rng,
                                        random_pool=self.random_pool, **self.options)
             rows.append((ids, labels, f))
@@ -119,5 +121,6 @@ def encode_texts(rows: list[dict], tokenizer, max_length: int) -> list[dict]:
         feature = {k: enc[k][i] for k in ("input_ids", "token_type_ids", "special_tokens_mask") if k in enc}
         feature["word_ids"] = enc.word_ids(i)
         feature["example_index"] = i
+        feature["text_key"] = hashlib.sha256(rows[i]["text"].encode()).hexdigest()[:16]  # what fixes its masks
         features.append(feature)
     return features

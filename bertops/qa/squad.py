@@ -16,7 +16,8 @@ class Question:
     question: str
     context: str
     answers: tuple[tuple[str, int], ...]  # (text, character start); empty = unanswerable (v2.0)
-    paragraph: str  # "data[i].paragraphs[j]": questions on one paragraph stay in one split
+    paragraph: str  # "data[i].paragraphs[j]", where it is in the file
+    title: str = ""  # the article's title: with the context, what keeps a paragraph's questions in one split
 
     def as_row(self) -> dict:
         return {"id": self.id, "question": self.question, "context": self.context,
@@ -46,6 +47,7 @@ def read_squad(path: Path, encoding: str = "utf-8") -> list[Question]:
     for i, article in enumerate(data):
         paragraphs = _need(_need(article, dict, path, f"data[{i}]", "an article").get("paragraphs"), list, path,
                            f"data[{i}]", "'paragraphs'")
+        title = article.get("title") if isinstance(article.get("title"), str) else ""
         for j, paragraph in enumerate(paragraphs):
             where_p = f"data[{i}].paragraphs[{j}]"
             context = _need(_need(paragraph, dict, path, where_p, "a paragraph").get("context"), str, path,
@@ -79,7 +81,7 @@ def read_squad(path: Path, encoding: str = "utf-8") -> list[Question]:
                     answers = []  # v2.0 keeps plausible answers for impossible questions; they are not gold
                 elif not answers:
                     raise CorpusError(path, None, f"{where}: no answers and not marked is_impossible")
-                questions.append(Question(qid, text, context, tuple(answers), where_p))
+                questions.append(Question(qid, text, context, tuple(answers), where_p, title))
     if not questions:
         raise CorpusError(path, None, "no questions: the file has no data[].paragraphs[].qas[]")
     return questions

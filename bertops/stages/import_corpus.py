@@ -16,12 +16,34 @@ from bertops.tasks import task_of
 log = logging.getLogger(__name__)
 
 
+def _resolve(layout: Layout, name: str, field: str) -> Path:
+    path = Path(name)
+    if not path.is_absolute():
+        path = layout.root / path
+    if not path.is_file():
+        raise CorpusError(name, None, f"{field}: file not found")
+    return path
+
+
+def _check_tracked(layout: Layout, name: str) -> None:
+    """DVC reruns import when a dep changes: a fixed test file must be one of the import stage's deps."""
+    import yaml
+
+    dvc_file = layout.root / "dvc.yaml"
+    if not dvc_file.is_file():
+        return
+    deps = (yaml.safe_load(dvc_file.read_text()) or {}).get("stages", {}).get("import", {}).get("deps", [])
+    if name not in deps:
+        raise CorpusError(dvc_file, None, f"corpus.test_source {name!r} is not a dep of the import stage, so DVC "
+                                          f"would not notice when it changes: add `- {name}` to stages.import.deps")
+
+
 def import_corpus(params: Params, layout: Layout) -> Path:
-    source = Path(params.corpus.source)
-    if not source.is_absolute():
-        source = layout.root / source
-    if not source.is_file():
-        raise CorpusError(params.corpus.source, None, "corpus.source: file not found")
+    source = _resolve(layout, params.corpus.source, "corpus.source")
+    test_source = params.corpus.test_source
+    if test_source is not None:
+        test_path = _resolve(layout, test_source, "corpus.test_source")
+        _check_tracked(layout, test_source)
     if layout.raw_dir.exists():
         shutil.rmtree(layout.raw_dir)
     layout.raw_dir.mkdir(parents=True)
@@ -40,4 +62,8 @@ def import_corpus(params: Params, layout: Layout) -> Path:
         target = layout.raw_dir / f"corpus.{suffix}"
         shutil.copyfile(source, target)
         log.info("imported %s into %s", source, target)
+    if test_source is not None:
+        test_target = layout.raw_dir / f"test.{task_of(params).raw_suffix(test_path, params.corpus)}"
+        shutil.copyfile(test_path, test_target)
+        log.info("imported the fixed test split %s into %s", test_path, test_target)
     return target

@@ -161,6 +161,11 @@ class TaskFamily:
     def paired_test(self, metric: str) -> str:
         return "paired_bootstrap"
 
+    def comparable_params(self, params) -> dict:
+        """Params a test score depends on beyond the model and the test rows: two versions compare only when
+        these agree (recorded on each version as bertops.compare.<name> tags)."""
+        return {}
+
     def example_key(self, row: dict):
         """What identifies a test example across versions' per-example rows (the corpus line by default)."""
         return row["line"]

@@ -31,6 +31,8 @@ class MaskedLMTask(TaskParamsBase):
     masking: Literal["token", "whole_word", "span"] = Field(
         "token", description="unit of selection: sub-tokens, whole words, or spans of whole words (SpanBERT)")
     span_mean_length: float = Field(3.0, ge=1, le=10, description="mean span length in words (masking: span)")
+    mask_seed: int = Field(0, ge=0, description="seed of the fixed validation and test masks (with the example's "
+                                                "text): versions compare only when it and the masking agree")
 
     @model_validator(mode="after")
     def _replacement_shares(self):
@@ -153,24 +155,31 @@ class MaskedLanguageModeling(TaskFamily):
         return super().raw_suffix(source, corpus)
 
     def prepare(self, params, layout):
-        from bertops.corpora.splitting import random_splits, write_labels, write_splits, write_stats
+        """Texts (documents, or lines of a .txt) split by their content hash, so a document never straddles splits."""
+        from bertops.corpora.splitting import hash_splits, normalised, write_labels, write_splits, write_stats
         from bertops.errors import CorpusError
 
         corpus = params.corpus
-        raw = layout.raw_corpus()
+        raw, fixed = layout.raw_corpus(), layout.raw_test()
+
+        def distinct(texts):
+            seen, kept = set(), []
+            for line, text in texts:
+                if text not in seen:
+                    seen.add(text)
+                    kept.append((line, text))
+            return kept
+
         texts = read_texts(raw, corpus)
-        seen, kept = set(), []
-        for line, text in texts:
-            if text not in seen:
-                seen.add(text)
-                kept.append((line, text))
+        kept = distinct(texts)
         if len(kept) < 3:
             raise CorpusError(raw, None, f"need at least 3 distinct texts to split, found {len(kept)}")
-        splits = random_splits(kept, corpus.split)
+        splits, split_info = hash_splits(kept, lambda item: normalised(item[1]), corpus.split,
+                                         distinct(read_texts(fixed, corpus)) if fixed else None)
         write_splits(layout, splits, lambda item: {"text": item[1], "line": item[0]}, order=lambda item: item)
         write_labels(layout, [])  # masked LM: the vocabulary is the label set
         return write_stats(layout, {
-            "source": raw.name, "texts": len(texts), "duplicates_dropped": len(texts) - len(kept),
+            "source": raw.name, "texts": len(texts), "duplicates_dropped": len(texts) - len(kept), **split_info,
             "splits": {name: {"texts": len(part), "words": sum(len(t.split()) for _, t in part)}
                        for name, part in splits.items()}})
 
@@ -185,7 +194,7 @@ class MaskedLanguageModeling(TaskFamily):
         options = params.task.masking_options()
         # training masks are drawn afresh for every batch; validation masks are fixed per example
         return Collators(MaskingCollator(tokenizer, seed=params.train.seed, **options),
-                         MaskingCollator(tokenizer, seed=params.train.seed, fixed=True, **options))
+                         MaskingCollator(tokenizer, seed=params.task.mask_seed, fixed=True, **options))
 
     def build_module(self, model, new_params, params):
         return MaskedLM(model, new_params, params.train, finetune=params.finetune)
@@ -197,6 +206,12 @@ class MaskedLanguageModeling(TaskFamily):
         carry_pooler(params.model.name_or_path, params.model.revision, layout.model_dir)
 
     @torch.inference_mode()
+    def comparable_params(self, params):
+        # perplexity on other masks (another probability, strategy or seed) is another number
+        return {f"task.{k}": getattr(params.task, k) for k in ("mlm_probability", "mask_replace_prob",
+                                                               "random_replace_prob", "masking",
+                                                               "span_mean_length", "mask_seed")}
+
     def score(self, params, layout, labels, rows):
         """Perplexity and top-1 accuracy on the test split's masked tokens, masked exactly as validation masks
         (fixed per example), so versions trained on the same split compare."""
@@ -206,7 +221,7 @@ class MaskedLanguageModeling(TaskFamily):
 
         model, tokenizer = self.load_for_scoring(layout)
         features = encode_texts(rows, tokenizer, params.model.max_length)
-        collate = MaskingCollator(tokenizer, seed=params.train.seed, fixed=True, **params.task.masking_options())
+        collate = MaskingCollator(tokenizer, seed=params.task.mask_seed, fixed=True, **params.task.masking_options())
         per_example, gold_ids, pred_ids = [], [], []
         size = params.train.eval_batch_size
         for start in range(0, len(features), size):

@@ -85,7 +85,7 @@ class MultiLabelClassifier(FineTuner):
 
 
 def read_label_sets(path, corpus) -> list:
-    """(line, text, text_pair, labels tuple) per row; a list in JSONL, or a cell split by corpus.label_separator."""
+    """(line, text, text_pair, labels tuple, group) per row; a list in JSONL, or a cell split by corpus.label_separator."""
     from bertops.corpora.readers import _field, _records, detect_format
     from bertops.errors import CorpusError
 
@@ -113,7 +113,8 @@ def read_label_sets(path, corpus) -> list:
         for label in labels:
             if allowed is not None and label not in allowed:
                 raise CorpusError(path, line, f"unknown label {label!r} (corpus.labels allows: {corpus.labels})")
-        rows.append((line, text, pair, tuple(sorted(set(labels)))))
+        group = _field(record, corpus.group_column, path, line) if corpus.group_column else None
+        rows.append((line, text, pair, tuple(sorted(set(labels))), group))
     if not rows:
         raise CorpusError(path, None, "no examples: the file is empty or has only a header")
     return rows
@@ -133,35 +134,36 @@ class MultiLabelClassification(TaskFamily):
     def prepare(self, params, layout):
         from types import SimpleNamespace
 
-        from bertops.corpora.splitting import SPLITS, deduplicate, random_splits, write_labels, write_splits, write_stats
+        from bertops.corpora.splitting import (SPLITS, deduplicate, hash_splits, share_report, text_key, text_row,
+                                               write_labels, write_splits, write_stats)
         from bertops.errors import CorpusError
 
         corpus = params.corpus
-        raw = layout.raw_corpus()
-        rows = [SimpleNamespace(line=line, text=text, text_pair=pair, labels=labels)
-                for line, text, pair, labels in read_label_sets(raw, corpus)]
-        kept, dedup_stats = deduplicate(rows, target=lambda ex: ex.labels)
-        names = list(corpus.labels) if corpus.labels else sorted({label for ex in kept for label in ex.labels})
-        if len(names) < 2:
-            raise CorpusError(raw, None, f"need at least 2 distinct labels, found {names}")
+        raw, fixed = layout.raw_corpus(), layout.raw_test()
+
+        def read(path):
+            return deduplicate([SimpleNamespace(line=line, text=text, text_pair=pair, labels=labels, group=group)
+                                for line, text, pair, labels, group in read_label_sets(path, corpus)],
+                               target=lambda ex: ex.labels)
+
+        kept, dedup_stats = read(raw)
         if len(kept) < 10:
             raise CorpusError(raw, None, f"need at least 10 distinct texts to split, found {len(kept)}")
-        splits = random_splits(kept, corpus.split)
-
-        def row(ex):
-            out = {"text": ex.text, "labels": list(ex.labels), "line": ex.line}
-            if ex.text_pair is not None:
-                out["text_pair"] = ex.text_pair
-            return out
-
-        write_splits(layout, splits, row)
+        splits, split_info = hash_splits(kept, text_key, corpus.split, read(fixed)[0] if fixed else None)
+        names = list(corpus.labels) if corpus.labels else sorted(
+            {label for part in splits.values() for ex in part for label in ex.labels})
+        if len(names) < 2:
+            raise CorpusError(raw, None, f"need at least 2 distinct labels, found {names}")
+        write_splits(layout, splits, lambda ex: text_row(ex, labels=list(ex.labels)))
         write_labels(layout, names)
         return write_stats(layout, {
-            "source": raw.name, "rows": len(rows), **dedup_stats,
+            "source": raw.name, "rows": len(kept) + sum(dedup_stats.values()), **dedup_stats, **split_info,
             "splits": {name: {"examples": len(splits[name]),
                               "labels": dict(sorted(Counter(lb for ex in splits[name] for lb in ex.labels).items())),
-                              "mean_labels_per_example": round(float(np.mean([len(ex.labels) for ex in splits[name]])), 3)}
-                       for name in SPLITS}})
+                              "mean_labels_per_example": round(float(np.mean([len(ex.labels) for ex in splits[name]]
+                                                                             or [0])), 3)}
+                       for name in SPLITS},
+            "label_shares": share_report(splits, lambda ex: ex.labels, raw)})
 
     def head_kwargs(self, labels):
         return {**super().head_kwargs(labels), "problem_type": "multi_label_classification"}

@@ -124,26 +124,32 @@ class QuestionAnswering(TaskFamily):
         return "json"
 
     def prepare(self, params, layout):
-        """SQuAD questions, split by paragraph (questions on one context never straddle splits)."""
-        from bertops.corpora.splitting import SPLITS, random_splits, write_labels, write_splits, write_stats
+        """SQuAD questions, split by the hash of their context (and title): questions on one context never
+        straddle splits, and a context keeps its split as the corpus grows."""
+        from bertops.corpora.splitting import SPLITS, hash_splits, normalised, write_labels, write_splits, write_stats
         from bertops.errors import CorpusError
         from bertops.qa.squad import read_squad
 
         corpus = params.corpus
-        raw = layout.raw_corpus()
-        questions = read_squad(raw, corpus.encoding)
-        paragraphs = sorted({q.paragraph for q in questions})
-        if len(paragraphs) < 3:
-            raise CorpusError(raw, None, f"need at least 3 paragraphs to split by paragraph, found {len(paragraphs)}")
-        where = {p: name for name, part in random_splits(paragraphs, corpus.split).items() for p in part}
-        splits = {name: [(i, q) for i, q in enumerate(questions) if where[q.paragraph] == name] for name in SPLITS}
+        raw, fixed = layout.raw_corpus(), layout.raw_test()
+
+        def context_key(item):
+            question = item[1]
+            return normalised((question.title or "") + "\n" + question.context)
+
+        questions = list(enumerate(read_squad(raw, corpus.encoding)))
+        contexts = {context_key(item) for item in questions}
+        if len(contexts) < 3:
+            raise CorpusError(raw, None, f"need at least 3 contexts to split by context, found {len(contexts)}")
+        held = list(enumerate(read_squad(fixed, corpus.encoding))) if fixed else None
+        splits, split_info = hash_splits(questions, context_key, corpus.split, held)
         write_splits(layout, splits, lambda item: item[1].as_row(), order=lambda item: item[0])
         write_labels(layout, [])  # extractive QA has no label set
         counts = {name: Counter("has_answer" if q.answers else "no_answer" for _, q in part)
                   for name, part in splits.items()}
         return write_stats(layout, {
-            "source": raw.name, "questions": len(questions), "paragraphs": len(paragraphs),
-            "splits": {name: {"paragraphs": sum(1 for p in where.values() if p == name), **counts[name]}
+            "source": raw.name, "questions": len(questions), "contexts": len(contexts), **split_info,
+            "splits": {name: {"contexts": len({context_key(item) for item in splits[name]}), **counts[name]}
                        for name in SPLITS}})
 
     def encode(self, rows, tokenizer, labels, params):

@@ -107,35 +107,35 @@ class SequenceClassification(TaskFamily):
 
     def prepare(self, params, layout) -> dict:
         from bertops.corpora.readers import read_examples
-        from bertops.corpora.splitting import (SPLITS, deduplicate, stratified_splits, write_labels, write_splits,
-                                               write_stats)
+        from bertops.corpora.splitting import (SPLITS, deduplicate, hash_splits, share_report, text_key, text_row,
+                                               write_labels, write_splits, write_stats)
         from bertops.errors import CorpusError
 
         corpus = params.corpus
-        raw = layout.raw_corpus()
-        # import named the raw file corpus.<format>, so its suffix says the format
-        examples = read_examples(raw, fmt="auto", encoding=corpus.encoding, text_column=corpus.text_column,
+        raw, fixed = layout.raw_corpus(), layout.raw_test()
+
+        def read(path):
+            # import named the raw file corpus.<format>, so its suffix says the format
+            return read_examples(path, fmt="auto", encoding=corpus.encoding, text_column=corpus.text_column,
                                  label_column=corpus.label_column, text_pair_column=corpus.text_pair_column,
-                                 labels=corpus.labels)
-        examples, dedup_stats = deduplicate(examples)
+                                 labels=corpus.labels, group_column=corpus.group_column)
+
+        examples, dedup_stats = deduplicate(read(raw))
         seen = sorted({ex.label for ex in examples})
         if len(seen) < 2:
             raise CorpusError(raw, None, f"need at least 2 distinct labels, found {seen}")
-        splits = stratified_splits(examples, [ex.label for ex in examples], corpus.split, str(raw))
-
-        def row(ex):
-            out = {"text": ex.text, "label": ex.label, "line": ex.line}
-            if ex.text_pair is not None:
-                out["text_pair"] = ex.text_pair
-            return out
-
-        write_splits(layout, splits, row)
+        test_rows = deduplicate(read(fixed))[0] if fixed else None
+        if test_rows and not corpus.labels and (unseen := sorted({ex.label for ex in test_rows} - set(seen))):
+            raise CorpusError(fixed, None, f"labels {unseen} are in the test file but not in the corpus")
+        splits, split_info = hash_splits(examples, text_key, corpus.split, test_rows)
+        write_splits(layout, splits, lambda ex: text_row(ex, label=ex.label))
         write_labels(layout, list(corpus.labels) if corpus.labels else seen)
         return write_stats(layout, {
             "source": raw.name,
             "rows": len(examples) + dedup_stats["duplicates_dropped"] + dedup_stats["conflicting_label_rows_dropped"],
-            **dedup_stats,
+            **dedup_stats, **split_info,
             "splits": {name: dict(sorted(Counter(ex.label for ex in splits[name]).items())) for name in SPLITS},
+            "label_shares": share_report(splits, lambda ex: [ex.label], raw),
         })
 
     def encode(self, rows, tokenizer, labels, params):

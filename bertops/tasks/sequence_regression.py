@@ -1,6 +1,6 @@
 """Sequence regression: one number per text (or text pair) from the [CLS]/pooler output. The target
 (`corpus.label_column`, numeric) is standardised on the training split for an MSE loss and restored at
-prediction; splits are stratified by quantile bins of the target; Pearson, Spearman, RMSE and MAE are reported.
+prediction; splits are by content hash, their shares of the target's quantile bins reported; Pearson, Spearman, RMSE and MAE are reported.
 Registered as a bertops pyfunc model that returns the number."""
 
 from __future__ import annotations
@@ -26,8 +26,9 @@ class SequenceRegressionTask(TaskParamsBase):
     type: Literal["sequence_regression"]
     metric: Literal["pearson", "spearman", "rmse", "mae"] = Field(
         "pearson", description="selects the best epoch, stops early and gates promotion (rmse, mae: lower is better)")
-    stratify_bins: int = Field(5, ge=1, le=100, description="splits are stratified by this many quantile bins "
-                                                            "of the target (1 = not stratified)")
+    stratify_bins: int = Field(5, ge=1, le=100, description="stats.json reports each split's share of this many "
+                                                            "quantile bins of the target, and prepare warns when "
+                                                            "a split is far off (1 = not reported)")
 
 
 def regression_metrics(gold, pred) -> dict:
@@ -84,7 +85,8 @@ def read_targets(path, corpus) -> list:
     from bertops.errors import CorpusError
 
     examples = read_examples(path, fmt="auto", encoding=corpus.encoding, text_column=corpus.text_column,
-                             label_column=corpus.label_column, text_pair_column=corpus.text_pair_column)
+                             label_column=corpus.label_column, text_pair_column=corpus.text_pair_column,
+                             group_column=corpus.group_column)
     out = []
     for ex in examples:
         try:
@@ -94,7 +96,7 @@ def read_targets(path, corpus) -> list:
                                              "number (task.type sequence_regression)") from None
         if not math.isfinite(target):
             raise CorpusError(path, ex.line, f"target {ex.label!r} in field {corpus.label_column!r} is not finite")
-        out.append(SimpleNamespace(line=ex.line, text=ex.text, text_pair=ex.text_pair, target=target))
+        out.append(SimpleNamespace(line=ex.line, text=ex.text, text_pair=ex.text_pair, target=target, group=ex.group))
     return out
 
 
@@ -116,37 +118,38 @@ class SequenceRegression(TaskFamily):
     intended_use = "Predicts a number for a sentence (or a sentence pair) from the encoder's [CLS] representation."
 
     def prepare(self, params, layout):
-        from bertops.corpora.splitting import SPLITS, deduplicate, stratified_splits, write_splits, write_stats
+        from bertops.corpora.splitting import (SPLITS, deduplicate, hash_splits, share_report, text_key, text_row,
+                                               write_splits, write_stats)
         from bertops.errors import CorpusError
 
         corpus = params.corpus
-        raw = layout.raw_corpus()
+        raw, fixed = layout.raw_corpus(), layout.raw_test()
         rows = read_targets(raw, corpus)
         kept, dedup_stats = deduplicate(rows, target=lambda r: r.target)
         if len(kept) < 10:
             raise CorpusError(raw, None, f"need at least 10 distinct texts for regression splits, found {len(kept)}")
-        targets = [r.target for r in kept]
-        splits = stratified_splits(kept, quantile_bins(targets, params.task.stratify_bins), corpus.split, str(raw))
-
-        def row(ex):
-            out = {"text": ex.text, "target": ex.target, "line": ex.line}
-            if ex.text_pair is not None:
-                out["text_pair"] = ex.text_pair
-            return out
-
-        write_splits(layout, splits, row)
+        test_rows = deduplicate(read_targets(fixed, corpus), target=lambda r: r.target)[0] if fixed else None
+        splits, split_info = hash_splits(kept, text_key, corpus.split, test_rows)
+        if not splits["train"]:
+            raise CorpusError(raw, None, "no rows left for the training split")
+        write_splits(layout, splits, lambda ex: text_row(ex, target=ex.target))
         train = np.array([r.target for r in splits["train"]])
         # the "label space" of a regression: the training split's target scale, which the head is trained in
         scale = {"target_mean": float(train.mean()), "target_std": float(train.std()) or 1.0}
         layout.labels_file.write_text(json.dumps(scale, indent=1) + "\n")
 
         def summary(part):
-            values = np.array([r.target for r in part])
+            values = np.array([r.target for r in part]) if part else np.zeros(1)
             return {"examples": len(part), "mean": round(float(values.mean()), 4),
                     "std": round(float(values.std()), 4), "min": float(values.min()), "max": float(values.max())}
 
-        return write_stats(layout, {"source": raw.name, "rows": len(rows), **dedup_stats,
-                                    "target_scale": scale, "splits": {n: summary(splits[n]) for n in SPLITS}})
+        # the target's quantile bins over the whole corpus: their shares per split show how far off each split is
+        every = [ex for name in SPLITS for ex in splits[name]]
+        bins = dict(zip(map(id, every), quantile_bins([ex.target for ex in every], params.task.stratify_bins)))
+        return write_stats(layout, {"source": raw.name, "rows": len(rows), **dedup_stats, **split_info,
+                                    "target_scale": scale, "splits": {n: summary(splits[n]) for n in SPLITS},
+                                    "target_bin_shares": share_report(splits, lambda ex: [bins[id(ex)]], raw,
+                                                                      "target quantile bin")})
 
     def head_kwargs(self, labels):
         return {"num_labels": 1, "problem_type": "regression"}

@@ -144,22 +144,29 @@ class TokenClassification(TaskFamily):
         return detect_token_format(source, corpus.format)
 
     def prepare(self, params, layout):
-        from bertops.corpora.splitting import deduplicate, random_splits, write_labels, write_splits, write_stats
+        from bertops.corpora.splitting import (deduplicate, hash_splits, normalised, write_labels, write_splits,
+                                               write_stats)
         from bertops.corpora.token_readers import read_token_examples
         from bertops.errors import CorpusError
         from bertops.modeling import load_tokenizer
         from bertops.vocab_coverage import vocab_coverage
 
         corpus, task = params.corpus, params.task
-        raw = layout.raw_corpus()
-        sentences = read_token_examples(raw, fmt="auto", encoding=corpus.encoding,
-                                        tokens_column=corpus.tokens_column, tags_column=corpus.tags_column,
-                                        scheme=task.tag_scheme, labels=corpus.labels)
-        kept, dedup_stats = deduplicate(sentences, key=lambda ex: ex.tokens, target=lambda ex: ex.tags)
+        raw, fixed = layout.raw_corpus(), layout.raw_test()
+
+        def read(path):
+            sentences = read_token_examples(path, fmt="auto", encoding=corpus.encoding,
+                                            tokens_column=corpus.tokens_column, tags_column=corpus.tags_column,
+                                            scheme=task.tag_scheme, labels=corpus.labels)
+            return sentences, *deduplicate(sentences, key=lambda ex: ex.tokens, target=lambda ex: ex.tags)
+
+        sentences, kept, dedup_stats = read(raw)
         if len(kept) < 3:
             raise CorpusError(raw, None, f"need at least 3 sentences to split, found {len(kept)}")
-        splits = random_splits(kept, corpus.split)
-        label_names = list(corpus.labels) if corpus.labels else tag_order(t for ex in kept for t in ex.tags)
+        # by sentence: its words, normalised
+        splits, split_info = hash_splits(kept, lambda ex: normalised(" ".join(ex.tokens)), corpus.split,
+                                         read(fixed)[1] if fixed else None)
+        label_names = list(corpus.labels) if corpus.labels else tag_order(t for part in splits.values() for ex in part for t in ex.tags)
         if "O" not in label_names:
             raise CorpusError(raw, None, f"corpus.labels must include 'O' for token classification, got {label_names}")
         write_splits(layout, splits, lambda ex: {"tokens": ex.tokens, "tags": ex.tags, "line": ex.line})
@@ -182,7 +189,7 @@ class TokenClassification(TaskFamily):
             "source": raw.name,
             "sentences": len(sentences),
             "duplicates_dropped": dedup_stats["duplicates_dropped"],
-            "conflicting_tag_rows_dropped": dedup_stats["conflicting_label_rows_dropped"],
+            "conflicting_tag_rows_dropped": dedup_stats["conflicting_label_rows_dropped"], **split_info,
             "splits": {name: {"sentences": len(part), "tokens": sum(len(ex.tokens) for ex in part),
                               "entities": entity_counts(part)} for name, part in splits.items()},
             "unk_word_ratio": coverage["unk_word_ratio"],
