@@ -206,3 +206,28 @@ def review(client: MlflowClient, name: str, version: str | None = None) -> str:
             change = f"{value - before:+.4f}" if before is not None else ""
             lines.append(f"  {label:<20} {'' if before is None else f'{before:.4f}':>9} {value:>9.4f} {change:>8}")
     return "\n".join(lines)
+
+
+def training_inputs(root: Path, params) -> dict[str, str]:
+    """What a training run is made of, as version tags name it: the prepared data (DVC md5), the params, the code
+    of the training and scoring stages, and the base model's files."""
+    from bertops import lineage
+    from bertops.config import params_hash
+
+    return {"bertops.data_prepared_md5": lineage.dvc_out_hashes(root).get("data/prepared", "unknown"),
+            "bertops.params_hash": params_hash(params),
+            "bertops.code_sha256": lineage.code_sha256(root),
+            "bertops.base_model_sha256": lineage.base_model_sha256(params.model.name_or_path, params.model.revision,
+                                                                   root)}
+
+
+def champion_with_same_inputs(client: MlflowClient, name: str, root: Path, params) -> tuple[str | None, list[str]]:
+    """(the champion's version, []) when it was trained on exactly these inputs, so that retraining would only
+    repeat it; else (None, what differs). A champion registered before a tag was recorded differs in it."""
+    champion = current_champion(client, name)
+    if champion is None:
+        return None, ["no champion"]
+    now = training_inputs(root, params)
+    differ = [key.removeprefix("bertops.") for key, value in now.items()
+              if value == "unknown" or champion.tags.get(key) != value]
+    return (None, differ) if differ else (str(champion.version), [])

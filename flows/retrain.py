@@ -1,6 +1,7 @@
 """The retraining flow: sync the data, run the DVC stages one by one as Prefect tasks, then publish the
-promotion decision as a markdown artifact. Training is skipped (and the artifact says why) when nothing changed
-since the last run, or when the champion was trained on this same prepared corpus with these same params.
+promotion decision as a markdown artifact. The sync step brings corpora imported from a DVC data registry to its
+latest revision (`dvc update`). Training is skipped (and the artifact says why) when nothing changed since the
+last run, or when the champion was trained on this same prepared corpus, params, code and base model.
 
 Runs in Prefect's ephemeral mode with no server:  python flows/retrain.py [--force]
 """
@@ -49,18 +50,39 @@ def _run(cmd: list[str], cwd: Path, logger) -> tuple[int, list[str]]:
     return proc.returncode, lines
 
 
+@task(name="update-checkout", retries=2, retry_delay_seconds=10)
+def update_checkout(project_dir: str) -> str:
+    """`git pull --ff-only`, so that new params or code committed upstream reach this worker (never a merge)."""
+    logger = get_run_logger()
+    code, lines = _run(["git", "pull", "--ff-only"], Path(project_dir), logger)
+    if code != 0:
+        raise RuntimeError("git pull --ff-only failed:\n" + "\n".join(lines[-20:]))
+    return lines[-1] if lines else "pulled"
+
+
 @task(name="sync-data", retries=2, retry_delay_seconds=10)
-def sync_data(project_dir: str) -> str:
+def sync_data(project_dir: str) -> dict:
+    """Bring every corpus imported from a data registry (`dvc import`) to the registry's latest revision with
+    `dvc update`, then `dvc pull` DVC-tracked data when a remote is configured."""
+    from bertops.lineage import imported_files
+
     logger = get_run_logger()
     root = Path(project_dir)
+    done = {"updated": [], "pulled": False}
+    for dvc_file in imported_files(root):
+        code, lines = _run([sys.executable, "-m", "dvc", "update", str(dvc_file.relative_to(root))], root, logger)
+        if code != 0:
+            raise RuntimeError(f"dvc update {dvc_file} failed:\n" + "\n".join(lines[-20:]))
+        done["updated"].append(str(dvc_file.relative_to(root)))
     code, lines = _run([sys.executable, "-m", "dvc", "remote", "list"], root, logger)
     if code != 0 or not any(line.strip() for line in lines):
         logger.info("no DVC remote configured: using the local cache")
-        return "local"
+        return done
     code, lines = _run([sys.executable, "-m", "dvc", "pull", "--allow-missing"], root, logger)
     if code != 0:
         raise RuntimeError("dvc pull failed:\n" + "\n".join(lines[-20:]))
-    return "pulled"
+    done["pulled"] = True
+    return done
 
 
 @task(name="dvc-stage", task_run_name="{stage}", retries=1, retry_delay_seconds=5)
@@ -76,26 +98,25 @@ def run_stage(stage: str, project_dir: str, force: bool = False) -> str:
 
 @task(name="compare-with-champion")
 def unchanged_since_champion(project_dir: str) -> str | None:
-    """The champion's version when it was trained on exactly this prepared corpus (DVC md5) with these params;
-    then retraining would only repeat it."""
+    """The champion's version when it was trained on exactly these inputs (the prepared corpus's DVC md5, the
+    params, the code of the training and scoring stages, the base model's files); then retraining would only
+    repeat it."""
     from mlflow import MlflowClient
 
-    from bertops import lineage, registry, tracking
-    from bertops.config import load_params, params_hash
+    from bertops import registry, tracking
+    from bertops.config import load_params
     from bertops.layout import Layout
 
     root = Path(project_dir)
     params = load_params(root / "params.yaml")
     tracking.configure(params, Layout(root))
-    champion = registry.current_champion(MlflowClient(), params.registry.model_name)
-    if champion is None:
-        return None
-    prepared = lineage.dvc_out_hashes(root).get("data/prepared")
-    same_data = prepared is not None and champion.tags.get("bertops.data_prepared_md5") == prepared
-    same_params = champion.tags.get("bertops.params_hash") == params_hash(params)
-    get_run_logger().info("champion v%s: same prepared data %s (md5 %s), same params %s",
-                          champion.version, same_data, prepared, same_params)
-    return str(champion.version) if same_data and same_params else None
+    version, differ = registry.champion_with_same_inputs(MlflowClient(), params.registry.model_name, root, params)
+    logger = get_run_logger()
+    if version:
+        logger.info("champion v%s was trained on these same data, params, code and base model", version)
+    else:
+        logger.info("retraining: %s changed since the champion", ", ".join(differ))
+    return version
 
 
 def decision_markdown(states: dict[str, str], registration: dict | None, metrics: dict | None,
@@ -104,8 +125,8 @@ def decision_markdown(states: dict[str, str], registration: dict | None, metrics
     text = f"## Retraining\n\n| stage | state |\n| --- | --- |\n{rows}\n\n"
     if champion_unchanged:
         return text + (f"**No new version**: champion v{champion_unchanged} was trained on this same prepared corpus "
-                       "(DVC md5) with these same params, so training was skipped. Run with `--force` to "
-                       "retrain anyway.\n")
+                       "(DVC md5) with these same params, code and base model, so training was skipped. Run with "
+                       "`--force` to retrain anyway.\n")
     if states.get("register") != "ran" or registration is None:
         return text + "**No new version**: the corpus, code and params are unchanged since the last run, " \
                       "so nothing was retrained or registered.\n"
@@ -130,15 +151,19 @@ def decision_markdown(states: dict[str, str], registration: dict | None, metrics
 
 
 @flow(name="bertops-retrain", log_prints=True)
-def retrain(project_dir: str = ".", force: bool = False, sync: bool = True) -> dict:
-    """Retrain when the data, code or params changed; register and gate the new version.
+def retrain(project_dir: str = ".", force: bool = False, sync: bool = True, git_pull: bool = False) -> dict:
+    """Retrain when the data, code, params or base model changed; register and gate the new version.
 
     project_dir: the bertops project (a git + DVC checkout); force: re-run every stage even if unchanged;
-    sync: pull DVC-tracked data from the configured remote first (skipped when none is configured).
+    sync: `dvc update` corpora imported from a data registry and pull DVC-tracked data from the configured
+    remote first; git_pull: `git pull --ff-only` the checkout first (new params or code reach the worker).
     """
     root = Path(project_dir).resolve()
+    synced = None
+    if git_pull:
+        update_checkout(str(root))
     if sync:
-        sync_data(str(root))
+        synced = sync_data(str(root))
     states: dict[str, str] = {}
     champion_unchanged = None
     for stage in STAGES:
@@ -158,16 +183,19 @@ def retrain(project_dir: str = ".", force: bool = False, sync: bool = True) -> d
     create_markdown_artifact(key="promotion-decision",
                              markdown=decision_markdown(states, registration, metrics, champion_unchanged),
                              description="bertops retraining: stage states and the promotion decision")
-    return {"stages": states, "registration": registration, "champion_unchanged": champion_unchanged}
+    return {"stages": states, "registration": registration, "champion_unchanged": champion_unchanged,
+            "synced": synced}
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--project-dir", default=".")
     parser.add_argument("--force", action="store_true", help="re-run every stage")
-    parser.add_argument("--no-sync", action="store_true", help="do not pull from the DVC remote")
+    parser.add_argument("--no-sync", action="store_true",
+                        help="neither `dvc update` the imported corpora nor pull from the DVC remote")
+    parser.add_argument("--git-pull", action="store_true", help="`git pull --ff-only` the checkout first")
     args = parser.parse_args(argv)
-    result = retrain(project_dir=args.project_dir, force=args.force, sync=not args.no_sync)
+    result = retrain(project_dir=args.project_dir, force=args.force, sync=not args.no_sync, git_pull=args.git_pull)
     print(json.dumps(result, indent=1))
 
 

@@ -112,8 +112,12 @@ def run_flow(root: Path, *extra: str) -> dict:
     """Run the Prefect retraining flow on a project directory (ephemeral mode) and return its JSON result."""
     import json
 
+    import time
+
+    start = time.perf_counter()
     done = subprocess.run([sys.executable, "-m", "flows.retrain", "--project-dir", str(root), *extra],
                           capture_output=True, text=True)
+    print(f"flow run: {time.perf_counter() - start:.1f} s")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return json.loads(done.stdout[done.stdout.index("{\n"):])
 

@@ -124,6 +124,15 @@ def text_row(ex, **target) -> dict:
 
 def write_splits(layout, splits: dict[str, list], row, order=lambda ex: ex.line) -> None:
     """One JSONL file per split, rows in corpus order; `row(example)` is the prepared row."""
+    from bertops.errors import CorpusError
+
+    empty = [name for name in SPLITS if not splits[name]]
+    if empty:
+        sizes = ", ".join(f"{name} {len(splits[name])}" for name in SPLITS)
+        raise CorpusError(layout.raw_dir, None, f"the {' and '.join(empty)} split would be empty ({sizes} examples "
+                                                "by content hash): the corpus has too few examples or groups for "
+                                                "corpus.split's shares; add rows, raise the shares, or try another "
+                                                "corpus.split.seed")
     layout.prepared_dir.mkdir(parents=True, exist_ok=True)
     for name in SPLITS:
         with layout.split(name).open("w") as out:

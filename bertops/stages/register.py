@@ -41,11 +41,20 @@ def lineage_tags(params: Params, layout: Layout, run_id: str, metrics: dict) -> 
         "bertops.params_file_sha256": lineage.file_sha256(layout.params) if layout.params.is_file() else "unknown",
         "bertops.run_id": run_id,
         "bertops.base_model": params.model.name_or_path,
+        # what the flow compares before it skips training: the code and the base model the model came from
+        "bertops.code_sha256": lineage.code_sha256(layout.root),
+        "bertops.base_model_sha256": lineage.base_model_sha256(params.model.name_or_path, params.model.revision,
+                                                               layout.root),
         "bertops.task": params.task.type,
         "bertops.metric": params.task.metric,
         "bertops.test_value": repr(metrics[params.task.metric]),
         "bertops.hardware": lineage.hardware(),
     }
+    # a corpus (or fixed test file) brought in with `dvc import`: the data registry and the revision trained on
+    tags.update({f"bertops.{k}": v for k, v in lineage.corpus_registry(layout.root, params.corpus.source).items()})
+    if params.corpus.test_source:
+        tags.update({f"bertops.test_source_{k.removeprefix('corpus_')}": v
+                     for k, v in lineage.corpus_registry(layout.root, params.corpus.test_source).items()})
     tags.update({f"bertops.version.{k}": v for k, v in lineage.package_versions(
         "torch", "transformers", "lightning", "mlflow", "bertops").items()})
     return tags
