@@ -10,6 +10,11 @@ from bertops.config import Params, flat_params
 from bertops.gate import Decision, Evidence
 from bertops.layout import Layout
 
+def _cell(value) -> str:
+    """A value inside a markdown table cell: a pipe (corpus.label_separator's default) would end the cell."""
+    return str(value).replace("|", "\\|")
+
+
 def metrics_markdown(metrics: dict, family) -> str:
     """The headline numbers and, where the family has one, its per-class (or per-entity-type) table."""
     return family.metrics_markdown(metrics)
@@ -63,7 +68,7 @@ def render(params: Params, layout: Layout, name: str, version: str, tags: dict, 
     family = task_of(params)
     stats_file = layout.prepared_dir / "stats.json"
     stats = json.loads(stats_file.read_text()) if stats_file.is_file() else {}
-    params_rows = "\n".join(f"| {k} | {v} |" for k, v in flat_params(params).items()
+    params_rows = "\n".join(f"| {k} | {_cell(v)} |" for k, v in flat_params(params).items()
                             if k.split(".")[0] in ("model", "task", "train", "corpus"))
     return f"""# {name} v{version}
 

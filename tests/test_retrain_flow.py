@@ -110,6 +110,7 @@ def test_fresh_data_from_a_data_registry_rescored_champion_idempotent_register_a
     assert client.get_model_version("tiny-sentiment", "2").tags["bertops.corpus_registry_rev"] == rev2
     card = (root / "reports" / "model_card.md").read_text()
     assert "on this version's test split" in card and "at its registration" in card
+    assert "| corpus.label_separator | \\| |" in card  # a pipe inside a table cell is escaped
 
     # a worse model; its register stage is killed after it created the version, then the flow re-runs it
     set_lr(root, 1e-7)
