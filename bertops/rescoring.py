@@ -36,9 +36,15 @@ def compare_tags(family, params) -> dict[str, str]:
 def _checkpoint_of(model_dir: Path, work: Path) -> Path:
     """The checkpoint directory inside a downloaded MLflow model: a bertops pyfunc model's artifact, or the
     transformers flavor's model/ and tokenizer components merged into one directory."""
-    pyfunc = model_dir / "artifacts" / "checkpoint"
-    if (pyfunc / "config.json").is_file():
-        return pyfunc
+    import yaml
+
+    mlmodel = model_dir / "MLmodel"
+    spec = yaml.safe_load(mlmodel.read_text()) if mlmodel.is_file() else {}
+    artifacts = ((spec or {}).get("flavors", {}).get("python_function", {}).get("artifacts") or {})
+    if "checkpoint" in artifacts:  # a bertops pyfunc model: its `checkpoint` artifact (stored under its own name)
+        pyfunc = model_dir / artifacts["checkpoint"]["path"]
+        if (pyfunc / "config.json").is_file():
+            return pyfunc
     if (model_dir / "model" / "config.json").is_file():
         merged = work / "checkpoint"
         shutil.copytree(model_dir / "model", merged)
@@ -46,7 +52,8 @@ def _checkpoint_of(model_dir: Path, work: Path) -> Path:
         if tokenizer.is_dir():
             shutil.copytree(tokenizer, merged, dirs_exist_ok=True)
         return merged
-    raise FileNotFoundError(f"no checkpoint in the registered model (looked for artifacts/checkpoint/ and model/)")
+    raise FileNotFoundError("no checkpoint in the registered model (looked for its pyfunc `checkpoint` artifact "
+                            "and the transformers flavor's model/)")
 
 
 def _run_artifact(client, run_id: str, name: str, work: Path) -> Path | None:
@@ -95,7 +102,12 @@ def score_champion(client, mv, family, params, layout, labels, rows: list[dict],
         try:
             import mlflow
 
-            model_dir = Path(mlflow.artifacts.download_artifacts(artifact_uri=mv.source, dst_path=str(work / "m")))
+            # through this client's stores, not mlflow's global ones (another project may have set those)
+            source = mv.source
+            if source.startswith("models:/m-"):  # an MLflow 3 logged model: its artifact location
+                source = client.get_logged_model(source.removeprefix("models:/")).artifact_location
+            model_dir = Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(work / "m"),
+                                                                 tracking_uri=client.tracking_uri))
             checkpoint = _checkpoint_of(model_dir, work)
         except Exception as exc:  # noqa: BLE001 - any failure to fetch the champion is a reason, not a crash
             return ChampionScore(None, f"the champion's model could not be loaded from {mv.source}: "

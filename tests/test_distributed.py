@@ -49,6 +49,11 @@ def _one_process(base, words, write_corpus, **overrides):
     write_corpus(prepared / params["corpus"]["source"])
     for stage in ("import", "prepare"):
         run_stage(stage, prepared / "params.yaml", prepared)
+    # the same global batches need a training split that fills whole batches on 2 ranks: Lightning's
+    # DistributedSampler would repeat examples to even out an odd split (content-hash splits vary in size)
+    train = prepared / "data" / "prepared" / "train.jsonl"
+    lines = train.read_text().splitlines(keepends=True)
+    train.write_text("".join(lines[:len(lines) // 16 * 16]))
     single = base / "single"
     shutil.copytree(prepared, single)
     summary = _train_cli(single)

@@ -174,7 +174,9 @@ class MaskedLanguageModeling(TaskFamily):
         kept = distinct(texts)
         if len(kept) < 3:
             raise CorpusError(raw, None, f"need at least 3 distinct texts to split, found {len(kept)}")
-        splits, split_info = hash_splits(kept, lambda item: normalised(item[1]), corpus.split,
+        # keyed apart from the labelled families' text keys: a TAPT corpus is a fine-tune's training split, and
+        # hashed like the fine-tune's texts, every one of them would land in train again
+        splits, split_info = hash_splits(kept, lambda item: "document\0" + normalised(item[1]), corpus.split,
                                          distinct(read_texts(fixed, corpus)) if fixed else None)
         write_splits(layout, splits, lambda item: {"text": item[1], "line": item[0]}, order=lambda item: item)
         write_labels(layout, [])  # masked LM: the vocabulary is the label set
