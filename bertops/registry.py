@@ -59,10 +59,10 @@ def version_evidence(client: MlflowClient, mv) -> Evidence:
         from bertops.tasks import get_task
 
         table_key = get_task(tags["bertops.task"]).class_table_key
-    from bertops.rescoring import COMPARE_TAG
+    from bertops.rescoring import compared_params
 
     return Evidence.from_reports(metrics, predictions, tags.get("bertops.test_split_sha256", "unknown"), table_key,
-                                 {k.removeprefix(COMPARE_TAG): v for k, v in tags.items() if k.startswith(COMPARE_TAG)})
+                                 compared_params(tags))
 
 
 LOCK_SUFFIX = ".bertops-gate-lock"

@@ -33,6 +33,11 @@ def compare_tags(family, params) -> dict[str, str]:
     return {COMPARE_TAG + k: str(v) for k, v in family.comparable_params(params).items()}
 
 
+def compared_params(tags: dict) -> dict[str, str]:
+    """A version's comparable params, read back from its bertops.compare.* tags."""
+    return {k.removeprefix(COMPARE_TAG): v for k, v in tags.items() if k.startswith(COMPARE_TAG)}
+
+
 def _checkpoint_of(model_dir: Path, work: Path) -> Path:
     """The checkpoint directory inside a downloaded MLflow model: a bertops pyfunc model's artifact, or the
     transformers flavor's model/ and tokenizer components merged into one directory."""
@@ -137,8 +142,7 @@ def score_champion(client, mv, family, params, layout, labels, rows: list[dict],
         return ChampionScore(None, f"the champion's scorer gives no {metric!r}: not comparable", registered)
     metrics["metric"] = metric
     evidence = Evidence.from_reports(metrics, scored.predictions, test_sha, family.class_table_key,
-                                     comparable={k.removeprefix(COMPARE_TAG): v for k, v in tags.items()
-                                                 if k.startswith(COMPARE_TAG)})
+                                     comparable=compared_params(tags))
     log.info("champion v%s on today's test split: %s %.4f (at registration, on its own split: %s)", mv.version,
              metric, evidence.value, registered)
     return ChampionScore(evidence, f"re-scored on this test split ({len(rows)} examples){note}", registered)

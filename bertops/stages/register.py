@@ -6,24 +6,23 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-
-from collections.abc import Callable
 
 import mlflow
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from bertops import lineage, model_card, tracking
-from bertops.config import Params, params_hash
+from bertops.config import Params
 from bertops.errors import BertopsError
 from bertops.gate import Decision, Evidence, decide
 from bertops.layout import Layout
 from bertops.modeling import is_adapter_checkpoint
 from bertops.tasks import task_of
 from bertops.registry import (CHALLENGER, CHAMPION, current_champion, gate_lock, move_champion, read_predictions,
-                              version_evidence)
+                              training_inputs, version_evidence)
 from bertops.rescoring import ChampionScore, compare_tags, score_champion
 from bertops.training.data import read_split
 
@@ -31,20 +30,15 @@ log = logging.getLogger(__name__)
 
 
 def lineage_tags(params: Params, layout: Layout, run_id: str, metrics: dict) -> dict[str, str]:
-    hashes = lineage.dvc_out_hashes(layout.root)
     tags = {
         **{f"bertops.{k}": v for k, v in lineage.git_state(layout.root).items()},
-        "bertops.data_raw_md5": hashes.get("data/raw", "unknown"),
-        "bertops.data_prepared_md5": hashes.get("data/prepared", "unknown"),
+        "bertops.data_raw_md5": lineage.dvc_out_hashes(layout.root).get("data/raw", "unknown"),
+        # prepared data, params hash, code and base model: what the flow compares before it skips training
+        **training_inputs(layout.root, params),
         "bertops.test_split_sha256": lineage.file_sha256(layout.split("test")),
-        "bertops.params_hash": params_hash(params),
         "bertops.params_file_sha256": lineage.file_sha256(layout.params) if layout.params.is_file() else "unknown",
         "bertops.run_id": run_id,
         "bertops.base_model": params.model.name_or_path,
-        # what the flow compares before it skips training: the code and the base model the model came from
-        "bertops.code_sha256": lineage.code_sha256(layout.root),
-        "bertops.base_model_sha256": lineage.base_model_sha256(params.model.name_or_path, params.model.revision,
-                                                               layout.root),
         "bertops.task": params.task.type,
         "bertops.metric": params.task.metric,
         "bertops.test_value": repr(metrics[params.task.metric]),
