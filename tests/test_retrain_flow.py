@@ -63,7 +63,7 @@ def test_fresh_data_from_a_data_registry_rescored_champion_idempotent_register_a
     from bertops.layout import Layout
     from bertops.rescoring import score_champion
     from bertops.tasks import task_of
-    from bertops.training.data import read_split
+    from bertops.corpora.splitting import read_split
 
     rows = synthetic_reviews(300)
     registry = tmp_path_factory.mktemp("data-registry")

@@ -48,7 +48,7 @@ def test_frozen_encoder_trains_only_the_head(tiny_model_dir):
     assert _changed(before, model) == head == {"classifier.weight", "classifier.bias"}
     counts = parameter_counts(model)
     assert counts["trainable_params"] == 2 * 32 + 2 < counts["total_params"]
-    from bertops.tasks.sequence_classification import SequenceClassifier
+    from bertops.training.heads.sequence_classification import SequenceClassifier
 
     module = SequenceClassifier(model, head, TrainParams(), finetune=FinetuneParams(encoder="frozen"))
     assert not module.model.bert.training and module.model.classifier.training  # features without dropout

@@ -14,7 +14,7 @@ from bertops.errors import CorpusError
 from bertops.modeling import add_tokens, load_tokenizer
 from bertops.ner_metrics import entity_scores, entity_spans
 from bertops.tasks.token_classification import encode_words
-from bertops.training.data import IGNORE_INDEX
+from bertops.modeling import IGNORE_INDEX
 from bertops.vocab_coverage import vocab_coverage
 from conftest import FILLER, POSITIVE, make_pipeline_repo, run_flow, tiny_params, write_tiny_bert
 

@@ -3,16 +3,22 @@ its own content only, so that a growing corpus never moves it), writing the spli
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
-import hashlib
 import math
 import unicodedata
 from collections import Counter, defaultdict
-
+from pathlib import Path
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
+
+
+def read_split(path: Path) -> list[dict]:
+    """A prepared split (data/prepared/<split>.jsonl): one row per line."""
+    with Path(path).open() as fh:
+        return [json.loads(line) for line in fh if line.strip()]
 
 
 def deduplicate(examples: list, key=lambda ex: (ex.text, ex.text_pair), target=lambda ex: ex.label):

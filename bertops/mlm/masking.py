@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import random
 
-from bertops.training.data import IGNORE_INDEX
+from bertops.modeling import IGNORE_INDEX
 
 MAX_SPAN_WORDS = 10
 

@@ -19,7 +19,7 @@ from bertops.config import Params  # noqa: E402
 from bertops.layout import Layout  # noqa: E402
 from bertops.tasks import task_of  # noqa: E402
 from bertops.tasks.base import Scored  # noqa: E402
-from bertops.training.data import read_split  # noqa: E402
+from bertops.corpora.splitting import read_split  # noqa: E402
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ from bertops.tasks import task_of
 from bertops.registry import (CHALLENGER, CHAMPION, current_champion, gate_lock, move_champion, read_predictions,
                               training_inputs, version_evidence)
 from bertops.rescoring import ChampionScore, compare_tags, score_champion
-from bertops.training.data import read_split
+from bertops.corpora.splitting import read_split
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,6 @@ model.name_or_path of a fine-tune; the registered model is a transformers `fill-
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from typing import Literal
 
@@ -14,8 +13,7 @@ from pydantic import Field, model_validator
 from transformers import AutoModelForMaskedLM
 
 from bertops.tasks.base import Collators, Scored, TaskFamily, TaskParamsBase
-from bertops.training.data import IGNORE_INDEX
-from bertops.training.module import FineTuner
+from bertops.modeling import IGNORE_INDEX
 
 
 class MaskedLMTask(TaskParamsBase):
@@ -55,54 +53,6 @@ def masked_lm_head(model):
         if isinstance(head, torch.nn.Module):
             return head
     return None
-
-
-class MaskedLM(FineTuner):
-    """Held-out perplexity: exp of the mean loss over every masked token of the split (fixed masks)."""
-
-    VAL_METRICS = ("val_loss", "val_perplexity", "val_accuracy")
-
-    def __init__(self, model, new_params: set[str], train_params, **kw):
-        super().__init__(model, new_params, train_params, **kw)
-        self._sums = None
-        self._head = masked_lm_head(model)
-
-    def masked_outputs(self, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(mean loss, logits, labels) over the masked positions only. The head runs on those ~15 % of positions
-        instead of all of them: its projection onto the vocabulary costs more than the whole encoder per token
-        for a small model (MiniLM: 384 x 30,522 vs about 6 x 1.8 M multiply-adds). Same loss as the model's own
-        forward, which scores every position and then ignores the unmasked ones."""
-        masked = batch["labels"] != IGNORE_INDEX
-        targets = batch["labels"][masked]
-        if self._head is None:  # a model family whose head we do not know: its own forward
-            out = self.model(**batch)
-            return out.loss, out.logits[masked], targets
-        inputs = {k: v for k, v in batch.items() if k != "labels"}
-        hidden = self.model.base_model(**inputs).last_hidden_state
-        logits = self._head(hidden[masked])
-        if logits.shape[0] == 0:  # nothing masked in this batch: a zero loss that still reaches every weight
-            return logits.sum() + hidden.sum() * 0.0, logits, targets
-        return torch.nn.functional.cross_entropy(logits.float(), targets), logits, targets
-
-    def training_loss(self, batch) -> torch.Tensor:
-        mean, _, targets = self.masked_outputs(batch)
-        return self.token_mean(mean * targets.numel(), mean.new_tensor(float(targets.numel())))
-
-    def on_validation_epoch_start(self):
-        self._sums = torch.zeros(3, device=self.device)  # loss sum, masked tokens, correct top-1
-
-    def validation_step(self, batch, batch_idx):
-        loss, logits, labels = self.masked_outputs(batch)
-        n = labels.numel()
-        correct = (logits.argmax(-1) == labels).sum()
-        self._sums += torch.stack([loss.float() * n, loss.new_tensor(float(n)).float(), correct.float()])
-
-    def on_validation_epoch_end(self):
-        loss_sum, n, correct = self.trainer.strategy.reduce(self._sums, reduce_op="sum").tolist()
-        mean = loss_sum / max(n, 1.0)
-        self.log("val_loss", mean, logger=False)
-        self.log("val_perplexity", math.exp(min(mean, 50.0)), prog_bar=True, logger=False)
-        self.log("val_accuracy", correct / max(n, 1.0), logger=False)
 
 
 def read_texts(path, corpus) -> list[tuple[int, str]]:
@@ -199,6 +149,8 @@ class MaskedLanguageModeling(TaskFamily):
                          MaskingCollator(tokenizer, seed=params.task.mask_seed, fixed=True, **options))
 
     def build_module(self, model, new_params, params):
+        from bertops.training.heads.masked_lm import MaskedLM
+
         return MaskedLM(model, new_params, params.train, finetune=params.finetune)
 
     def after_save(self, params, layout):
@@ -207,13 +159,13 @@ class MaskedLanguageModeling(TaskFamily):
         # the checkpoint may become a downstream model.name_or_path (DAPT/TAPT)
         carry_pooler(params.model.name_or_path, params.model.revision, layout.model_dir)
 
-    @torch.inference_mode()
     def comparable_params(self, params):
         # perplexity on other masks (another probability, strategy or seed) is another number
         return {f"task.{k}": getattr(params.task, k) for k in ("mlm_probability", "mask_replace_prob",
                                                                "random_replace_prob", "masking",
                                                                "span_mean_length", "mask_seed")}
 
+    @torch.inference_mode()
     def score(self, params, layout, labels, rows):
         """Perplexity and top-1 accuracy on the test split's masked tokens, masked exactly as validation masks
         (fixed per example), so versions trained on the same split compare."""

@@ -14,8 +14,6 @@ from pydantic import Field
 from transformers import AutoModelForSequenceClassification
 
 from bertops.tasks.base import Scored, TaskFamily, TaskParamsBase, class_table_markdown, mean_statistic
-from bertops.training.distributed import gather_objects
-from bertops.training.module import FineTuner
 
 THRESHOLDS_KEY = "bertops_thresholds"  # in the checkpoint's config.json: label -> decision threshold
 THRESHOLD_GRID = np.round(np.arange(0.05, 0.951, 0.05), 2)
@@ -58,30 +56,6 @@ def choose_thresholds(probs: np.ndarray, gold: np.ndarray, fixed: float | None) 
         scores = [(f1_counts(gold[:, [k]], probs[:, [k]] >= t)["micro_f1"], -abs(t - 0.5), t) for t in THRESHOLD_GRID]
         out[k] = max(scores)[2]
     return out
-
-
-class MultiLabelClassifier(FineTuner):
-    VAL_METRICS = ("val_loss", "val_micro_f1", "val_macro_f1", "val_subset_accuracy")
-
-    def __init__(self, model, new_params, train_params, threshold: float | None = None, **kw):
-        super().__init__(model, new_params, train_params, **kw)
-        self.threshold = 0.5 if threshold is None else threshold  # per-label thresholds come after training
-        self._seen: list[tuple[np.ndarray, np.ndarray]] = []
-
-    def validation_step(self, batch, batch_idx):
-        out = self.model(**batch)
-        self.log("val_loss", out.loss, on_epoch=True, batch_size=len(batch["labels"]), logger=False, sync_dist=True)
-        self._seen.append((batch["labels"].cpu().numpy() > 0.5, torch.sigmoid(out.logits.float()).cpu().numpy()))
-
-    def on_validation_epoch_end(self):
-        parts = [p for part in gather_objects(self._seen) for p in part]
-        self._seen = []
-        gold = np.concatenate([g for g, _ in parts])
-        pred = np.concatenate([p for _, p in parts]) >= self.threshold
-        scores = f1_counts(gold, pred)
-        self.log("val_micro_f1", scores["micro_f1"], prog_bar=True, logger=False)
-        self.log("val_macro_f1", scores["macro_f1"], logger=False)
-        self.log("val_subset_accuracy", scores["subset_accuracy"], logger=False)
 
 
 def read_label_sets(path, corpus) -> list:
@@ -175,6 +149,8 @@ class MultiLabelClassification(TaskFamily):
                                 lambda row: [float(label in row["labels"]) for label in labels])  # multi-hot
 
     def build_module(self, model, new_params, params):
+        from bertops.training.heads.multi_label_classification import MultiLabelClassifier
+
         return MultiLabelClassifier(model, new_params, params.train, params.task.threshold, finetune=params.finetune)
 
     @staticmethod
@@ -195,7 +171,7 @@ class MultiLabelClassification(TaskFamily):
         """Per-label thresholds chosen on the validation split with the best epoch's weights."""
         import json
 
-        from bertops.training.data import read_split
+        from bertops.corpora.splitting import read_split
 
         labels = json.loads(layout.labels_file.read_text())
         rows = read_split(layout.split("val"))

@@ -13,7 +13,6 @@ from pydantic import Field
 from transformers import AutoModelForSequenceClassification
 
 from bertops.tasks.base import Scored, TaskFamily, TaskParamsBase, class_table_markdown
-from bertops.training.module import FineTuner
 
 
 class SequenceClassificationTask(TaskParamsBase):
@@ -37,31 +36,6 @@ def encode_sequences(rows: list[dict], tokenizer, labels: list[str], max_length:
     """One label per row."""
     label_ids = {label: i for i, label in enumerate(labels)}
     return encode_text_rows(rows, tokenizer, max_length, lambda row: label_ids[row["label"]])
-
-
-class SequenceClassifier(FineTuner):
-    VAL_METRICS = ("val_loss", "val_accuracy", "val_macro_f1")
-
-    def __init__(self, model, new_params: set[str], train_params, **kw):
-        from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
-
-        super().__init__(model, new_params, train_params, **kw)
-        num_labels = model.config.num_labels
-        self.val_accuracy = MulticlassAccuracy(num_classes=num_labels, average="micro")
-        self.val_macro_f1 = MulticlassF1Score(num_classes=num_labels, average="macro")
-
-    def validation_step(self, batch, batch_idx):
-        out = self.model(**batch)
-        preds = out.logits.argmax(-1)
-        self.val_accuracy.update(preds, batch["labels"])
-        self.val_macro_f1.update(preds, batch["labels"])
-        self.log("val_loss", out.loss, on_epoch=True, batch_size=len(preds), logger=False, sync_dist=True)
-
-    def on_validation_epoch_end(self):
-        self.log("val_accuracy", self.val_accuracy.compute(), prog_bar=True, logger=False)
-        self.log("val_macro_f1", self.val_macro_f1.compute(), logger=False)
-        self.val_accuracy.reset()
-        self.val_macro_f1.reset()
 
 
 def classification_metrics(gold: list[int], pred: list[int], labels: list[str]) -> dict:
@@ -142,6 +116,8 @@ class SequenceClassification(TaskFamily):
         return encode_sequences(rows, tokenizer, labels, params.model.max_length)
 
     def build_module(self, model, new_params, params):
+        from bertops.training.heads.sequence_classification import SequenceClassifier
+
         return SequenceClassifier(model, new_params, params.train, finetune=params.finetune)
 
     def score(self, params, layout, labels, rows) -> Scored:

@@ -14,8 +14,6 @@ from pydantic import Field
 from transformers import AutoModelForSequenceClassification
 
 from bertops.tasks.base import Scored, TaskFamily, TaskParamsBase
-from bertops.training.distributed import gather_objects
-from bertops.training.module import FineTuner
 
 SCALE_KEYS = ("bertops_target_mean", "bertops_target_std")  # in the checkpoint's config.json
 
@@ -47,34 +45,6 @@ def _pearson_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     y = y - y.mean(axis=1, keepdims=True)
     denominator = np.sqrt((x * x).sum(axis=1) * (y * y).sum(axis=1))
     return np.where(denominator > 0, (x * y).sum(axis=1) / np.maximum(denominator, 1e-300), 0.0)
-
-
-class SequenceRegressor(FineTuner):
-    VAL_METRICS = ("val_loss", "val_pearson", "val_spearman", "val_rmse", "val_mae")
-    metric = "pearson"  # task.metric: shown on the progress bar (the family sets it)
-
-    def __init__(self, model, new_params, train_params, **kw):
-        super().__init__(model, new_params, train_params, **kw)
-        self.mean, self.std = (float(getattr(model.config, k)) for k in SCALE_KEYS)
-        self._pairs: list[tuple[list[float], list[float]]] = []
-
-    def validation_step(self, batch, batch_idx):
-        out = self.model(**batch)
-        self.log("val_loss", out.loss, on_epoch=True, batch_size=len(batch["labels"]), logger=False, sync_dist=True)
-        pred = out.logits.float().squeeze(-1) * self.std + self.mean
-        gold = batch["labels"].float() * self.std + self.mean
-        self._pairs.append((gold.cpu().tolist(), pred.cpu().tolist()))
-
-    def on_validation_epoch_end(self):
-        parts = gather_objects(self._pairs)  # several training processes: each validated its share
-        gold = [g for part in parts for gs, _ in part for g in gs]
-        pred = [p for part in parts for _, ps in part for p in ps]
-        self._pairs = []
-        scores = regression_metrics(gold, pred)
-        self.log(f"val_{self.metric}", scores[self.metric], prog_bar=True, logger=False)
-        for key in ("pearson", "spearman", "rmse", "mae"):
-            if key != self.metric:
-                self.log(f"val_{key}", scores[key], logger=False)
 
 
 def read_targets(path, corpus) -> list:
@@ -168,6 +138,8 @@ class SequenceRegression(TaskFamily):
         return encode_text_rows(rows, tokenizer, params.model.max_length, lambda row: (row["target"] - mean) / std)
 
     def build_module(self, model, new_params, params):
+        from bertops.training.heads.sequence_regression import SequenceRegressor
+
         module = SequenceRegressor(model, new_params, params.train, finetune=params.finetune)
         module.metric = params.task.metric
         return module

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 
@@ -11,16 +10,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
+from bertops.corpora.splitting import read_split
 from bertops.errors import BertopsError
 from bertops.training import distributed
-
-
-def read_split(path: Path) -> list[dict]:
-    with Path(path).open() as fh:
-        return [json.loads(line) for line in fh if line.strip()]
-
-
-IGNORE_INDEX = -100  # positions the loss skips (special tokens, a word's later sub-tokens, padding)
 
 
 class EncodedSplit(Dataset):

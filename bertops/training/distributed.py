@@ -15,7 +15,6 @@ import uuid
 from pathlib import Path
 
 import torch
-from lightning.fabric.utilities.distributed import DistributedSamplerWrapper
 
 from bertops.errors import BertopsError
 
@@ -102,6 +101,8 @@ def train_sampler(sampler, trainer):
     rank, world = rank_and_world(trainer)
     if world == 1:
         return sampler
+    from lightning.fabric.utilities.distributed import DistributedSamplerWrapper
+
     return DistributedSamplerWrapper(sampler, num_replicas=world, rank=rank, shuffle=False, drop_last=False)
 
 
