@@ -61,14 +61,11 @@ def fill_mask(model_uri: str | None, texts: list[str], top_k: int, params_path: 
         if text.count("[MASK]") != 1:
             raise BertopsError(f"fill-mask: put exactly one [MASK] in each text: {text!r}")
     from bertops.config import load_params
+    from bertops.tasks import get_task
 
-    model, model_uri = _load_registered(model_uri, load_params(params_path), root)
-    if getattr(model, "task", None) != "fill-mask":
-        raise BertopsError(f"{model_uri} is a {getattr(model, 'task', '?')} model, not a masked-LM (fill-mask) one")
-    rows = []
-    for text in texts:
-        masked = text.replace("[MASK]", model.tokenizer.mask_token)
-        fillers = model(masked, top_k=top_k)
-        rows.append({"text": text, "fillers": [{"token": f["token_str"].strip(), "probability": round(float(
-            f["score"]), 4)} for f in fillers]})
-    return rows
+    params = load_params(params_path)
+    model, model_uri = _load_registered(model_uri, params, root)
+    task = getattr(model, "task", None) or (getattr(model, "model_config", None) or {}).get("task_type")
+    if task not in ("fill-mask", "masked_lm"):
+        raise BertopsError(f"{model_uri} is a {task or '?'} model, not a masked-LM (fill-mask) one")
+    return get_task("masked_lm").predict(model, [{"text": t} for t in texts], params, top_k=top_k)

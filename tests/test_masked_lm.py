@@ -146,6 +146,25 @@ def test_mlm_pipeline_teaches_a_new_name_and_registers_fill_mask(tmp_path, tiny_
     assert taught["fillers"][0]["token"] == NAME
     assert unrelated["fillers"][0]["token"] in POSITIVE
 
+    # the scoring server: the fillers transformers' own fill-mask pipeline gives for the checkpoint, top_k as a
+    # request param, a text 4x max_length with its mask at the end, and a text without a [MASK] refused
+    import serving
+    from transformers import pipeline
+
+    fill = pipeline("fill-mask", model=str(layout.model_dir), tokenizer=str(layout.model_dir))
+    texts = ["5 the film was directed by [MASK]", "7 the movie was [MASK]"]
+    with serving.serving_project(root, "tiny-mlm") as (url, model_uri, uri):
+        out = serving.served(url, [{"text": t} for t in texts], params={"top_k": 4})
+        for text, row in zip(texts, out):
+            expected = fill(text, top_k=4)
+            assert [f["token"] for f in row["fillers"]] == [e["token_str"].strip() for e in expected]
+            assert all(abs(f["probability"] - e["score"]) < 1e-4 for f, e in zip(row["fillers"], expected))
+        long = " ".join([f"the movie was {POSITIVE[0]}"] * params.model.max_length) + " the film was [MASK]"
+        assert len(serving.served(url, [{"text": long}])[0]["fillers"]) == 5
+        serving.assert_bad_request(url, {"dataframe_records": [{"text": "the plot was good"}]},
+                                   "row 0: put exactly one [MASK] in the text (found 0)")
+    serving.assert_requirements_cover_imports(model_uri, uri, [{"text": texts[0]}])
+
 
 def test_masked_positions_only_loss_equals_the_models_own(tiny_mlm_model):
     """The training step scores only the masked positions; its loss and top-1 are the model's own full forward's."""

@@ -4,10 +4,12 @@ written, registration carries lineage, and the promotion gate moves `champion` o
 import json
 
 import mlflow
+import pandas as pd
 import pytest
 import torch
 import yaml
 from mlflow import MlflowClient
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from bertops import tracking
 from bertops.config import load_params
@@ -153,16 +155,33 @@ def test_review_prints_the_gate_for_a_reviewer(trained, capsys):
     assert "positive" in out and "negative" in out  # per-class F1 side by side
 
 
-def test_registered_model_loads_by_alias_and_predicts(trained):
+def test_scoring_server_serves_what_evaluate_scored(trained):
+    """The registered model behind `mlflow models serve`: the test split's labels exactly as evaluate predicted
+    them, a text four times model.max_length answered, bad requests a 400 that says why."""
+    import serving
+    from conftest import FILLER
+
     params, layout, _, _ = trained
+    register(params, layout)  # the same version the tests above registered (registering is idempotent per run)
     tracking.configure(params, layout)
-    uri = f"models:/{params.registry.model_name}@champion"
-    info = mlflow.models.get_model_info(uri)
-    assert info.flavors["transformers"]["task"] == "text-classification"
-    assert info.signature is not None and info.saved_input_example_info is not None
-    classifier = mlflow.transformers.load_model(uri)
-    out = classifier(["the movie was great and charming", "the film was awful and boring"])
-    assert [o["label"] for o in out] == ["positive", "negative"]
+    info = mlflow.models.get_model_info(f"models:/{params.registry.model_name}@champion")
+    assert set(info.flavors) == {"python_function"}  # a model from code: nothing unpickled
+    assert info.flavors["python_function"]["model_code_path"].endswith("served_model.py")
+    assert [c["name"] for c in info.signature.inputs.to_dict()] == ["text"]
+    rows, evaluated = serving.test_rows(layout), serving.evaluated(layout)
+    with serving.serving_project(layout.root, params.registry.model_name) as (url, model_uri, uri):
+        out = serving.served(url, [{"text": r["text"]} for r in rows])
+        assert [o["label"] for o in out] == [e["predicted"] for e in evaluated]
+        assert max(abs(o["probability"] - e["probability"]) for o, e in zip(out, evaluated)) < 1e-4
+        assert all(abs(sum(o["probabilities"].values()) - 1) < 1e-5 for o in out)
+        # plain strings are texts; a text 4x max_length is cut where training and evaluation cut it
+        long = serving.long_text(params.model.max_length, FILLER)
+        status, body = serving.invoke(url, {"inputs": ["the movie was great and charming", long]})
+        assert status == 200 and body["predictions"][0]["label"] == "positive", body
+        serving.assert_bad_request(url, {"dataframe_records": [{"text": "fine"}, {"text": "  "}]},
+                                   "row 1: 'text' is empty")
+        serving.assert_bad_request(url, {"dataframe_records": [{"review": "fine"}]}, "missing inputs ['text']")
+    serving.assert_requirements_cover_imports(model_uri, uri, [{"text": "great"}])
 
 
 def test_missing_model_is_a_clear_error(tmp_path, tiny_project):
@@ -235,26 +254,21 @@ def test_predict_cli_prints_label_and_probability(trained, capsys):
     rows = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
     assert [r["label"] for r in rows] == ["positive", "negative"]
     assert all(0.5 < r["probability"] <= 1 for r in rows)
-    # bertops's batched inference gives what the registered transformers pipeline gives (in float32; `auto` may
-    # pick bf16 on this CPU, which moves probabilities by about 1e-2)
+    # what the scoring server answers (the same registered model), and a long text cut where evaluation cuts it
     tracking.configure(params, layout)
-    classify = mlflow.transformers.load_model(f"models:/{params.registry.model_name}@champion")
-    fp32 = yaml.safe_load(layout.params.read_text())
-    fp32["train"]["precision"] = "32-true"
-    fp32_params = layout.root / "params-fp32.yaml"
-    fp32_params.write_text(yaml.safe_dump(fp32))
-    texts = [r["text"] for r in rows] + ["an odd and rambling tale that goes nowhere", "ok", "great", "dull dull"]
-    ours = predict(None, texts, None, fp32_params, layout.root)
-    theirs = classify(texts)
-    assert [r["label"] for r in ours] == [o["label"] for o in theirs]
-    assert all(abs(r["probability"] - o["score"]) < 1e-3 for r, o in zip(ours, theirs))
-    # ...except that a text longer than model.max_length is cut where training and evaluation cut it
+    served = mlflow.pyfunc.load_model(f"models:/{params.registry.model_name}@champion")
     long_text = "an odd , long and rambling tale that goes nowhere at all " * 6
+    texts = [r["text"] for r in rows] + ["an odd and rambling tale that goes nowhere", "ok", "great", long_text]
+    ours = predict(None, texts, None, layout.params, layout.root)
+    theirs = served.predict(pd.DataFrame({"text": texts})).to_dict("records")
+    assert [r["label"] for r in ours] == [o["label"] for o in theirs]
+    assert all(abs(r["probability"] - o["probability"]) < 1e-4 for r, o in zip(ours, theirs))
+    model = AutoModelForSequenceClassification.from_pretrained(layout.model_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(layout.model_dir)
     with torch.no_grad():
-        enc = classify.tokenizer(long_text, truncation=True, max_length=params.model.max_length, return_tensors="pt")
-        expected = torch.softmax(classify.model(**enc).logits, -1).max().item()
-    assert predict(None, [long_text], None, fp32_params, layout.root)[0]["probability"] == pytest.approx(
-        expected, abs=1e-3)
+        enc = tokenizer(long_text, truncation=True, max_length=params.model.max_length, return_tensors="pt")
+        expected = torch.softmax(model(**enc).logits, -1).max().item()
+    assert ours[-1]["probability"] == pytest.approx(expected, abs=1e-4)
 
 
 def test_predict_cli_unknown_model_is_a_clear_error(trained, capsys):

@@ -1,4 +1,4 @@
-"""Stage 5, register: log the best checkpoint as a transformers-flavor model, register a version with its
+"""Stage 5, register: log the best checkpoint as the task family's served model, register a version with its
 lineage, and move `champion` only through the promotion gate."""
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from bertops.config import Params
 from bertops.errors import BertopsError
 from bertops.gate import Decision, Evidence, decide
 from bertops.layout import Layout
-from bertops.modeling import is_adapter_checkpoint
 from bertops.tasks import task_of
 from bertops.registry import (CHALLENGER, CHAMPION, current_champion, gate_lock, move_champion, read_predictions,
                               training_inputs, version_evidence)
@@ -55,13 +54,8 @@ def lineage_tags(params: Params, layout: Layout, run_id: str, metrics: dict) -> 
 
 
 def log_model(params: Params, layout: Layout):
-    """The checkpoint as an MLflow model in the active run, as the task family registers it (a transformers
-    pipeline, or a bertops pyfunc model running the code that evaluated it), with pinned requirements."""
-    adapter = is_adapter_checkpoint(layout.model_dir)
-    pins = lineage.package_versions("transformers", "torch", "tokenizers", "accelerate",
-                                    *(["peft"] if adapter else []))
-    requirements = [f"{k}=={v.split('+')[0]}" for k, v in pins.items() if v != "not installed"]
-    return task_of(params).log_model(params, layout, requirements)
+    """The checkpoint as the task family's served MLflow model (bertops.tasks.pyfunc) in the active run."""
+    return task_of(params).log_model(params, layout)
 
 
 def gate_tags(decision: Decision) -> dict[str, str]:

@@ -177,28 +177,62 @@ class TaskFamily:
     # ---- registering and serving ----------------------------------------------------------------------------
     def example_input(self, row: dict):
         """A prepared test row as the registered model takes it."""
-        return {"text": row["text"]}
+        return {"text": row["text"], "text_pair": row["text_pair"]} if "text_pair" in row else {"text": row["text"]}
+
+    def input_columns(self, params) -> dict[str, bool]:
+        """The served model's input columns (strings), each with whether a row must have it: a text, and a second
+        text when the model was trained on sentence pairs."""
+        return {"text": True, **({"text_pair": True} if params.corpus.text_pair_column else {})}
+
+    def input_schema(self, params):
+        """The registered signature's inputs (what `mlflow models serve` enforces before `serve` runs)."""
+        from mlflow.types import ColSpec, DataType, Schema
+
+        return Schema([ColSpec(DataType.string, name, required=required)
+                       for name, required in self.input_columns(params).items()])
+
+    def params_schema(self):
+        """The registered signature's inference params (a request's "params", e.g. top_k); None: none."""
+        return None
 
     def serve_config(self, params) -> dict:
-        return {"max_length": params.model.max_length}
+        """What `serve` needs besides the checkpoint, stored in the registered model's config."""
+        return {"max_length": params.model.max_length, "inputs": list(self.input_columns(params))}
 
-    def log_model(self, params, layout, requirements: list[str]):
-        """Default: a bertops pyfunc model that runs `serve` (the evaluated code, shipped with the model)."""
+    def log_model(self, params, layout):
+        """The bertops pyfunc model that runs `serve` (the evaluated code, shipped with the model)."""
         from bertops.tasks.pyfunc import log_task_model
 
         example = [self.example_input(json.loads(line)) for line in layout.split("test").open()][:2]
-        return log_task_model(self, params, layout, example, requirements)
+        return log_task_model(self, params, layout, example)
 
     def serve(self, model, tokenizer, rows: list[dict], config: dict):
         """Predictions for rows of the registered model's input schema, as a DataFrame."""
         raise NotImplementedError
 
-    def validate_rows(self, rows: list) -> list[dict]:
-        rows = [{"text": r} if isinstance(r, str) else dict(r) for r in rows]
+    def validate_rows(self, rows: list, config: dict) -> list[dict]:
+        """The request's rows, each with every input column as a non-blank string (a plain string is a row's
+        text); ValueError naming the row and the column otherwise. Versions registered before the inputs were
+        recorded take a text, and a pair when every row has one. Returns the rows' input columns."""
+        rows = [{"text": r} if isinstance(r, str) else dict(r) if isinstance(r, dict) else r for r in rows]
+        if not rows:
+            raise ValueError("the request has no rows")
+        columns = config.get("inputs") or (["text", "text_pair"] if all(
+            isinstance(r, dict) and r.get("text_pair") is not None for r in rows) else ["text"])
+        need = " and ".join(repr(c) for c in columns)
         for i, row in enumerate(rows):
-            if not isinstance(row.get("text"), str):
-                raise ValueError(f"input row {i}: needs a string field 'text'")
-        return rows
+            if not isinstance(row, dict):
+                raise ValueError(f"row {i}: expected an object with {need}, got {type(row).__name__}")
+            for column in columns:
+                value = row.get(column)
+                if value is None:
+                    kind = " (this model takes sentence pairs)" if len(columns) > 1 else ""
+                    raise ValueError(f"row {i}: {column!r} is missing{kind}; each row needs {need}")
+                if not isinstance(value, str):
+                    raise ValueError(f"row {i}: {column!r} must be a string, got {type(value).__name__}")
+                if not value.strip():
+                    raise ValueError(f"row {i}: {column!r} is empty")
+        return [{column: row[column] for column in columns} for row in rows]  # other fields play no part
 
     # ---- bertops predict ------------------------------------------------------------------------------------
     def predict_inputs(self, texts: list[str], pairs: bool) -> list[dict]:

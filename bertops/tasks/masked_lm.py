@@ -1,6 +1,6 @@
 """Masked-LM continued pretraining (domain- or task-adaptive, DAPT/TAPT) on unlabelled text, with BERT's 80/10/10
 replacement over sub-tokens, whole words or spans (bertops/mlm/masking.py). The output checkpoint can be the
-model.name_or_path of a fine-tune; the registered model is a transformers `fill-mask` pipeline (cloze)."""
+model.name_or_path of a fine-tune; the served model (bertops/tasks/pyfunc.py) fills a text's [MASK] (cloze)."""
 
 from __future__ import annotations
 
@@ -73,6 +73,39 @@ def read_texts(path, corpus) -> list[tuple[int, str]]:
     if not texts:
         raise CorpusError(path, None, "no text: the file is empty")
     return texts
+
+
+MASK = "[MASK]"  # how a served request and `bertops predict` write the masked word, whatever the tokenizer's
+
+
+@torch.inference_mode()
+def fill_masks(model, tokenizer, texts: list[str], *, max_length: int, top_k: int) -> list[list[dict]]:
+    """Each text's top-k fillers of its one [MASK] (tokens and probabilities). A text longer than max_length
+    sub-tokens is cut to the max_length-token window centred on the mask (the model saw no longer inputs)."""
+    from functools import partial
+
+    from bertops.inference import outputs_by_length
+
+    special = set(tokenizer.all_special_ids) - {tokenizer.mask_token_id}
+    features, positions = [], []
+    for text in texts:
+        ids = tokenizer(text.replace(MASK, tokenizer.mask_token))["input_ids"]
+        head = next(i for i, t in enumerate(ids) if t not in special)  # [CLS] (or <s>) stays first
+        tail = len(ids) - next(i for i, t in enumerate(reversed(ids)) if t not in special)  # [SEP] stays last
+        inner, at = ids[head:tail], ids.index(tokenizer.mask_token_id) - head
+        room = max_length - head - (len(ids) - tail)
+        start = max(0, min(at - room // 2, len(inner) - room))
+        input_ids = ids[:head] + inner[start:start + room] + ids[tail:]
+        features.append({"input_ids": input_ids, "attention_mask": [1] * len(input_ids)})
+        positions.append(input_ids.index(tokenizer.mask_token_id))
+    out: list[list[dict]] = [[] for _ in texts]
+    for idx, result in outputs_by_length(model, features, partial(tokenizer.pad, return_tensors="pt"), 64):
+        for row, i in enumerate(idx):
+            probs = torch.softmax(result.logits[row, positions[i]].float(), dim=-1)
+            values, ids = probs.topk(top_k)
+            out[i] = [{"token": tokenizer.decode([t]).strip(), "probability": float(v)}
+                      for t, v in zip(ids.tolist(), values.tolist())]
+    return out
 
 
 def cloze(text: str) -> str:
@@ -211,30 +244,49 @@ class MaskedLanguageModeling(TaskFamily):
         loss, tokens = (np.array([r[k] for r in rows], dtype=float) for k in ("loss_sum", "masked_tokens"))
         return lambda idx: np.exp(np.minimum(loss[idx].sum(axis=1) / np.maximum(tokens[idx].sum(axis=1), 1), 50.0))
 
-    # ---- registering, predicting ------------------------------------------------------------------------------
+    # ---- serving, predicting ---------------------------------------------------------------------------------
     def example_input(self, row):
         return {"text": cloze(row["text"])}
 
-    def log_model(self, params, layout, requirements):
-        from transformers import AutoTokenizer
+    def serve_config(self, params):
+        return {**super().serve_config(params), "top_k": 5}
 
-        from bertops.tasks.sequence_classification import log_pipeline
+    def params_schema(self):
+        from mlflow.types import ParamSchema, ParamSpec
 
-        mask = AutoTokenizer.from_pretrained(layout.model_dir).mask_token
-        return log_pipeline(self, params, layout, requirements, lambda x: x["text"].replace("[MASK]", mask))
+        return ParamSchema([ParamSpec("top_k", "integer", 5)])  # a request's {"params": {"top_k": 10}}
 
-    def predict(self, loaded, inputs, params):
+    def validate_rows(self, rows, config):
+        rows = super().validate_rows(rows, config)
+        for i, row in enumerate(rows):
+            if row["text"].count(MASK) != 1:
+                raise ValueError(f"row {i}: put exactly one {MASK} in the text (found {row['text'].count(MASK)})")
+        return rows
+
+    def serve(self, model, tokenizer, rows, config):
+        """The top-k fillers of each text's [MASK] and their probabilities."""
+        import pandas as pd
+
+        fillers = fill_masks(model, tokenizer, [r["text"] for r in rows], max_length=config["max_length"],
+                             top_k=config.get("top_k", 5))
+        return pd.DataFrame({"fillers": fillers})
+
+    def predict(self, loaded, inputs, params, top_k: int = 5):
         from bertops.errors import BertopsError
 
-        rows = []
         for x in inputs:
-            if x["text"].count("[MASK]") != 1:
-                raise BertopsError(f"predict: a masked-LM model fills one [MASK] per text: {x['text']!r}")
-            fillers = loaded(x["text"].replace("[MASK]", loaded.tokenizer.mask_token), top_k=5)
-            rows.append({"text": x["text"], "fillers": [{"token": f["token_str"].strip(),
-                                                         "probability": round(float(f["score"]), 4)}
-                                                        for f in fillers]})
-        return rows
+            if x["text"].count(MASK) != 1:
+                raise BertopsError(f"predict: a masked-LM model fills one {MASK} per text: {x['text']!r}")
+        if hasattr(loaded, "tokenizer"):  # a version registered as a transformers pipeline (before 2026-12-02)
+            out = [[{"token": f["token_str"].strip(), "probability": float(f["score"])}
+                    for f in loaded(x["text"].replace(MASK, loaded.tokenizer.mask_token), top_k=top_k)]
+                   for x in inputs]
+        else:
+            import pandas as pd
+
+            out = loaded.predict(pd.DataFrame(inputs), params={"top_k": top_k})["fillers"].tolist()
+        return [{"text": x["text"], "fillers": [{"token": f["token"], "probability": round(float(f["probability"]), 4)}
+                                                for f in fillers]} for x, fillers in zip(inputs, out)]
 
     def format_row(self, row):
         return row["text"] + "\n    " + "  ".join(f"{f['token']} {f['probability']:.3f}" for f in row["fillers"])

@@ -228,9 +228,6 @@ class MultiLabelClassification(TaskFamily):
         return 0.0 if metric != "subset_accuracy" else float(np.mean([not r["labels"] for r in rows]))
 
     # ---- registering, serving, predicting ---------------------------------------------------------------------
-    def example_input(self, row):
-        return {"text": row["text"], "text_pair": row["text_pair"]} if "text_pair" in row else {"text": row["text"]}
-
     def serve(self, model, tokenizer, rows, config):
         import pandas as pd
 

@@ -1,6 +1,6 @@
 """Extractive QA on SQuAD-format JSON: the answer's start and end tokens in the context, over overlapping
-windows of a long context (bertops/qa/). transformers 5 has no question-answering pipeline, so the registered
-model is a bertops pyfunc model running the same windowing and span decoding that evaluation ran."""
+windows of a long context (bertops/qa/). Served as the bertops model from code (bertops/tasks/pyfunc.py), running
+the windowing and span decoding that evaluation ran."""
 
 from __future__ import annotations
 
@@ -156,23 +156,23 @@ class QuestionAnswering(TaskFamily):
     def example_input(self, row):
         return {"question": row["question"], "context": row["context"]}
 
+    def input_columns(self, params):
+        return {"question": True, "context": True}
+
     def serve_config(self, params):
         return {"max_length": params.model.max_length, "doc_stride": params.task.doc_stride,
-                **params.task.decoding()}
+                "inputs": list(self.input_columns(params)), **params.task.decoding()}
 
-    def validate_rows(self, rows):
-        rows = [dict(r) for r in rows]
-        for i, row in enumerate(rows):
-            if not isinstance(row.get("question"), str) or not isinstance(row.get("context"), str):
-                raise ValueError(f"input row {i}: needs string fields 'question' and 'context'")
-        return rows
+    def validate_rows(self, rows, config):
+        return super().validate_rows(rows, {**config, "inputs": ["question", "context"]})
 
     def serve(self, model, tokenizer, rows, config):
+        """The best answer over all windows of each context, decoded as `score` decodes the test split."""
         import pandas as pd
 
-        config = {k: v for k, v in config.items() if k != "task_type"}
+        decoding = ("max_length", "doc_stride", "n_best", "max_answer_length", "allow_no_answer", "null_threshold")
         answers = answer_questions(model, tokenizer, [{"question": r["question"], "context": r["context"]}
-                                                      for r in rows], **config)
+                                                      for r in rows], **{k: config[k] for k in decoding if k in config})
         return pd.DataFrame({"answer": answers})
 
     def predict_inputs(self, texts, pairs):

@@ -1,10 +1,9 @@
 """Sequence (and sentence-pair) classification: one label per text, or per text pair, from the [CLS]/pooler
-output. Registered as a transformers `text-classification` pipeline (or, for an adapter or a scalar mix, a
-bertops pyfunc model running the same inference code)."""
+output. Served as the bertops model from code (bertops/tasks/pyfunc.py): the label, its probability and every
+label's probability, scored by the code that scored the test split."""
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from typing import Literal
 
@@ -159,28 +158,23 @@ class SequenceClassification(TaskFamily):
             return labels.count(top) / len(labels)
         return float(f1_score(labels, [top] * len(labels), average="macro"))
 
-    # ---- registering, serving, predicting ---------------------------------------------------------------------
-    def example_input(self, row):
-        return {"text": row["text"], "text_pair": row["text_pair"]} if "text_pair" in row else {"text": row["text"]}
-
-    def log_model(self, params, layout, requirements):
-        from bertops.modeling import needs_bertops_loader
-
-        if needs_bertops_loader(layout.model_dir):  # an adapter or a scalar mix: bertops's own loader and code
-            return super().log_model(params, layout, requirements)
-        return log_pipeline(self, params, layout, requirements, lambda x: x if "text_pair" in x else x["text"])
-
+    # ---- serving and predicting -------------------------------------------------------------------------------
     def serve(self, model, tokenizer, rows, config):
+        """The label and its probability, and every label's probability, scored as `score` scores the test split
+        (`predict_proba`, cut at model.max_length, the longer side of a pair first)."""
         import pandas as pd
 
         from bertops.inference import predict_proba, row_pairs, top_labels
 
         probs = predict_proba(model, tokenizer, [r["text"] for r in rows], row_pairs(rows),
                               max_length=config["max_length"])
-        return pd.DataFrame(top_labels(model, probs), columns=["label", "probability"])
+        names = [model.config.id2label[i] for i in range(model.config.num_labels)]
+        top = top_labels(model, probs)
+        return pd.DataFrame({"label": [label for label, _ in top], "probability": [p for _, p in top],
+                             "probabilities": [{n: float(v) for n, v in zip(names, row)} for row in probs]})
 
     def predict(self, loaded, inputs, params):
-        if hasattr(loaded, "tokenizer"):  # the transformers pipeline: bertops's batched inference on its model
+        if hasattr(loaded, "tokenizer"):  # a version registered as a transformers pipeline (before 2026-12-02)
             from bertops.training.module import auto_precision
 
             return classify(loaded, inputs, max_length=params.model.max_length,
@@ -216,17 +210,3 @@ def classify(classifier, inputs: list[dict], *, max_length: int, bf16: bool) -> 
                           batch_size=64, bf16=bf16)
     return [{**x, "label": label, "probability": round(probability, 4)}
             for x, (label, probability) in zip(inputs, top_labels(model, probs))]
-
-
-def log_pipeline(family: TaskFamily, params, layout, requirements: list[str], to_pipeline_input,
-                 model_config: dict | None = None):
-    """The checkpoint as a transformers-flavor model with the family's pipeline."""
-    import mlflow
-    from transformers import AutoTokenizer, pipeline
-
-    model = family.auto_model.from_pretrained(layout.model_dir)
-    tokenizer = AutoTokenizer.from_pretrained(layout.model_dir)
-    example = [to_pipeline_input(family.example_input(json.loads(line))) for line in layout.split("test").open()][:2]
-    return mlflow.transformers.log_model(
-        pipeline(family.pipeline_task, model=model, tokenizer=tokenizer), name="model", task=family.pipeline_task,
-        input_example=example, pip_requirements=requirements, model_config=model_config)

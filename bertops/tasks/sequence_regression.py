@@ -197,9 +197,6 @@ class SequenceRegression(TaskFamily):
                 "mae": float(np.mean(np.abs(gold - np.median(gold))))}[metric]
 
     # ---- registering, serving, predicting ---------------------------------------------------------------------
-    def example_input(self, row):
-        return {"text": row["text"], "text_pair": row["text_pair"]} if "text_pair" in row else {"text": row["text"]}
-
     def serve(self, model, tokenizer, rows, config):
         import pandas as pd
 

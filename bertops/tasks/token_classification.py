@@ -1,6 +1,7 @@
 """Token classification (NER): one tag per word, learned and predicted on each word's first sub-token, scored on
-entity spans (seqeval, strict). Registered as a transformers `token-classification` pipeline with
-`aggregation_strategy: first` (or a bertops pyfunc model for an adapter or a scalar mix)."""
+entity spans (seqeval, strict). Served as the bertops model from code (bertops/tasks/pyfunc.py): a row's words
+(or its text cut at whitespace) in, one tag per word and the entity spans out, read at each word's first sub-token
+as evaluation read them."""
 
 from __future__ import annotations
 
@@ -212,32 +213,59 @@ class TokenClassification(TaskFamily):
 
     # ---- registering, serving, predicting ---------------------------------------------------------------------
     def example_input(self, row):
-        return {"text": " ".join(row["tokens"])}
+        return {"words": list(row["tokens"])}
+
+    def input_columns(self, params):
+        # a row gives its words (what evaluation scored: the corpus's own tokens) or a text cut at whitespace
+        return {"words": False, "text": False}
+
+    def input_schema(self, params):
+        from mlflow.types import ColSpec, DataType, Schema
+        from mlflow.types.schema import Array
+
+        return Schema([ColSpec(Array(DataType.string), "words", required=False),
+                       ColSpec(DataType.string, "text", required=False)])
 
     def serve_config(self, params):
-        return {"max_length": params.model.max_length, "tag_scheme": params.task.tag_scheme}
+        return {**super().serve_config(params), "tag_scheme": params.task.tag_scheme}
 
-    def log_model(self, params, layout, requirements):
-        from bertops.modeling import needs_bertops_loader
-        from bertops.tasks.sequence_classification import log_pipeline
-
-        if needs_bertops_loader(layout.model_dir):
-            return super().log_model(params, layout, requirements)
-        # whole words; each word's tag read at its first sub-token
-        return log_pipeline(self, params, layout, requirements, lambda x: x["text"],
-                            model_config={"aggregation_strategy": "first"})
+    def validate_rows(self, rows, config):
+        """Each row: `words`, a list of non-blank strings without whitespace (the tokens evaluation scored), or
+        `text`, cut at whitespace into words."""
+        out = []
+        for i, row in enumerate(rows):
+            row = {"text": row} if isinstance(row, str) else row
+            if not isinstance(row, dict):
+                raise ValueError(f"row {i}: expected an object with 'words' (a list of strings) or 'text'")
+            words, text = row.get("words"), row.get("text")
+            if words is not None:
+                words = list(words) if not isinstance(words, str) else None
+                if not words or not all(isinstance(w, str) and w.strip() and not any(c.isspace() for c in w)
+                                        for w in words):
+                    raise ValueError(f"row {i}: 'words' must be a non-empty list of words (strings without "
+                                     f"whitespace)")
+                out.append({"words": words, "text": " ".join(words)})
+            elif isinstance(text, str) and text.strip():
+                out.append({"words": text.split(), "text": text})
+            else:
+                raise ValueError(f"row {i}: give 'words' (a list of strings) or a non-empty 'text'")
+        if not out:
+            raise ValueError("the request has no rows")
+        return out
 
     def serve(self, model, tokenizer, rows, config):
+        """One tag per word, read at the word's first sub-token (as `score` reads the test split's words), and
+        the entity spans, with character offsets in the text (the words joined by single spaces)."""
         import pandas as pd
 
         from bertops.inference import predict_word_tags
 
-        texts = [r["text"] for r in rows]
-        sentences = [t.split() for t in texts]
+        sentences = [r["words"] for r in rows]
         tags, scores = predict_word_tags(model, tokenizer, sentences, max_length=config["max_length"],
                                          with_scores=True)
-        return pd.DataFrame({"entities": [entities_from_tags(t, w, g, s, config.get("tag_scheme", "BIO"))
-                                          for t, w, g, s in zip(texts, sentences, tags, scores)]})
+        scheme = config.get("tag_scheme", "BIO")
+        return pd.DataFrame({"tags": tags, "entities": [entities_from_tags(r["text"], w, g, s, scheme)
+                                                        for r, w, g, s in zip(rows, sentences, tags, scores)]})
 
     def predict_inputs(self, texts, pairs):
         from bertops.errors import BertopsError
@@ -247,7 +275,7 @@ class TokenClassification(TaskFamily):
         return [{"text": t} for t in texts]
 
     def predict(self, loaded, inputs, params):
-        if hasattr(loaded, "tokenizer"):  # the transformers pipeline
+        if hasattr(loaded, "tokenizer"):  # a version registered as a transformers pipeline (before 2026-12-02)
             texts = [x["text"] for x in inputs]
             outputs = loaded(texts, batch_size=64, aggregation_strategy="first")
             return [{"text": t, "entities": [{"type": e["entity_group"], "text": t[e["start"]:e["end"]],
