@@ -12,6 +12,7 @@ import random
 import socket
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 from mlflow import MlflowClient
@@ -70,18 +71,22 @@ LOCK_SUFFIX = ".bertops-gate-lock"
 
 @contextlib.contextmanager
 def gate_lock(client: MlflowClient, name: str, wait_s: float = 600, stale_s: float = 1800):
-    """Serialise gate decisions for one registered model across processes and machines sharing the registry.
+    """Serialise gate decisions (and manual promote/rollback) for one registered model across processes and
+    machines sharing the registry.
 
     MLflow has no compare-and-set for aliases, but creating a registered model is atomic (its name is unique in
     the registry's database), so the lock is a registered model named `<name>.bertops-gate-lock` that exists
-    while a decision is being made. A lock older than `stale_s` (its holder died) is broken."""
+    while a decision is being made. A lock older than `stale_s` (its holder died) is broken by whoever first
+    creates its breaker, `<lock>.broken-<since>`, a name unique to that one lock: two waiters that both find it
+    stale cannot both delete (the second would delete the first one's fresh lock)."""
     lock = name + LOCK_SUFFIX
-    holder = f"{getpass.getuser()}@{socket.gethostname()}:{os.getpid()}"
+    holder = f"{getpass.getuser()}@{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     deadline = time.monotonic() + wait_s
     while True:
+        since = repr(time.time())
         try:
             client.create_registered_model(
-                lock, tags={"bertops.lock_holder": holder, "bertops.lock_since": str(time.time())},
+                lock, tags={"bertops.lock_holder": holder, "bertops.lock_since": since},
                 description=f"bertops: a promotion decision for {name!r} is in progress (deleted when done)")
             break
         except MlflowException as exc:
@@ -89,11 +94,13 @@ def gate_lock(client: MlflowClient, name: str, wait_s: float = 600, stale_s: flo
                 raise
         try:
             tags = client.get_registered_model(lock).tags
-            if time.time() - float(tags.get("bertops.lock_since", "inf")) > stale_s:
-                client.delete_registered_model(lock)  # the holder died mid-decision
+            held_since = tags.get("bertops.lock_since", "inf")
+            if time.time() - float(held_since) > stale_s and _claim_break(client, lock, held_since):
+                if client.get_registered_model(lock).tags.get("bertops.lock_since") == held_since:
+                    client.delete_registered_model(lock)  # the holder died mid-decision
                 continue
         except MlflowException:
-            continue  # released between our two calls: try again at once
+            continue  # released between our calls: try again at once
         if time.monotonic() > deadline:
             raise BertopsError(f"another registration of {name!r} has held the promotion lock for over {wait_s:.0f} s "
                                f"({lock!r} in the registry); if no registration is running, delete that model")
@@ -102,6 +109,18 @@ def gate_lock(client: MlflowClient, name: str, wait_s: float = 600, stale_s: flo
         yield
     finally:
         client.delete_registered_model(lock)
+
+
+def _claim_break(client: MlflowClient, lock: str, held_since: str) -> bool:
+    """Whether this process is the one that breaks the stale lock taken at `held_since`."""
+    try:
+        client.create_registered_model(f"{lock}.broken-{held_since.replace('.', '-')}",
+                                       description="bertops: marks a stale promotion lock as broken (kept)")
+        return True
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+        return False
 
 
 def champion_history(client: MlflowClient, name: str) -> list[str]:
@@ -129,7 +148,8 @@ def promote(client: MlflowClient, name: str, version: str, reason: str) -> None:
     if not reason.strip():
         raise BertopsError("promote: --reason must say why the gate is overridden")
     _get_version(client, name, version)
-    move_champion(client, name, version)
+    with gate_lock(client, name):  # not between a running gate's comparison and its alias move
+        move_champion(client, name, version)
     now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     for key, value in {"bertops.decision": CHAMPION, "bertops.manual_promotion_by": getpass.getuser(),
                        "bertops.manual_promotion_reason": reason, "bertops.manual_promotion_at": now}.items():
@@ -138,15 +158,16 @@ def promote(client: MlflowClient, name: str, version: str, reason: str) -> None:
 
 def rollback(client: MlflowClient, name: str) -> str:
     """Move `champion` back to the previous champion; returns that version."""
-    history = champion_history(client, name)
-    current = current_champion(client, name)
-    if current is not None and history and history[-1] == str(current.version):
-        history.pop()
-    if not history:
-        raise BertopsError(f"rollback: {name!r} has no earlier champion to go back to")
-    previous = history[-1]
-    client.set_registered_model_alias(name, CHAMPION, previous)
-    client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(history))
+    with gate_lock(client, name):  # as the gate does: history and alias read and written by one process at a time
+        history = champion_history(client, name)
+        current = current_champion(client, name)
+        if current is not None and history and history[-1] == str(current.version):
+            history.pop()
+        if not history:
+            raise BertopsError(f"rollback: {name!r} has no earlier champion to go back to")
+        previous = history[-1]
+        client.set_registered_model_alias(name, CHAMPION, previous)
+        client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(history))
     if current is not None:
         client.set_model_version_tag(name, str(current.version), "bertops.rolled_back_to", previous)
     return previous

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import io
 import itertools
 import json
 import logging
@@ -37,6 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from bertops.config import Params, parse_params
 from bertops.errors import BertopsError, ParamsError
+from bertops.files import write_atomic
 from bertops.layout import Layout
 
 log = logging.getLogger(__name__)
@@ -167,7 +169,7 @@ def run_one(study: Study, run: StudyRun, parent_run_id: str) -> dict:
                   "best_epoch", "epochs_trained", "fit_seconds", "trainable_params", "total_params",
                   "checkpoint_mb", "train_examples")}}
     result["seconds_per_epoch"] = round(result["fit_seconds"] / max(result["epochs_trained"] or 1, 1), 2)
-    result_file.write_text(json.dumps(result, indent=1) + "\n")
+    write_atomic(result_file, json.dumps(result, indent=1) + "\n")  # a kill mid-write leaves no half result
     return result
 
 
@@ -187,7 +189,7 @@ def parent_run(study: Study) -> str:
     study.dir.mkdir(parents=True, exist_ok=True)
     run = client.create_run(experiment_id, run_name=f"study-{study.name}", tags={"bertops.study": study.name})
     client.log_artifact(run.info.run_id, str(study.file))
-    marker.write_text(json.dumps({"run_id": run.info.run_id}) + "\n")
+    write_atomic(marker, json.dumps({"run_id": run.info.run_id}) + "\n")
     return run.info.run_id
 
 
@@ -240,14 +242,15 @@ def summarize(study: Study, results: list[dict], errors: dict[str, str]) -> dict
                "errors": errors}
     out = study.dir
     out.mkdir(parents=True, exist_ok=True)
-    (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    write_atomic(out / "summary.json", json.dumps(summary, indent=1) + "\n")
     columns = ["setting", "runs", "errors", "mean", "sd", "min", "max", "failed_share", "seconds_per_epoch",
                "trainable_params", "checkpoint_mb"]
-    with (out / "summary.csv").open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    (out / "summary.md").write_text(summary_markdown(summary))
+    table = io.StringIO()
+    writer = csv.DictWriter(table, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_atomic(out / "summary.csv", table.getvalue())
+    write_atomic(out / "summary.md", summary_markdown(summary))
     plot(summary, out / "summary.png")
     return summary
 

@@ -54,5 +54,7 @@ def read_train_run(layout: Layout) -> str:
 
 
 def write_train_run(layout: Layout, run_id: str, experiment_id: str) -> None:
-    layout.train_run_file.parent.mkdir(parents=True, exist_ok=True)
-    layout.train_run_file.write_text(json.dumps({"run_id": run_id, "experiment_id": experiment_id}, indent=1) + "\n")
+    from bertops.files import write_atomic
+
+    record = {"run_id": run_id, "experiment_id": experiment_id}
+    write_atomic(layout.train_run_file, json.dumps(record, indent=1) + "\n")

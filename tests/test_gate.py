@@ -196,3 +196,50 @@ def test_without_the_lock_the_race_is_lost(tmp_path, monkeypatch):
     assert results[good].promote and results[fair].promote
     assert results[good].champion_version == results[fair].champion_version == "1"
     assert champion == fair
+
+
+def test_a_stale_lock_is_broken_once_and_a_fresh_one_never(tmp_path, monkeypatch):
+    """Two waiters find the same dead holder's lock: one breaks it and takes the lock; the other waits for that
+    fresh lock instead of deleting it. promote and rollback wait for the lock too."""
+    from bertops.errors import BertopsError
+    from bertops.registry import LOCK_SUFFIX, gate_lock, promote
+
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=store, registry_uri=store)
+    client.create_registered_model("m")
+    client.create_registered_model("m" + LOCK_SUFFIX, tags={"bertops.lock_holder": "dead@host:1",
+                                                              "bertops.lock_since": repr(time.time() - 7200)})
+    start, inside, errors = threading.Barrier(2), [], []
+
+    def waiter(i):
+        try:
+            own = MlflowClient(tracking_uri=store, registry_uri=store)
+            start.wait()
+            with gate_lock(own, "m", wait_s=60, stale_s=1800):
+                inside.append(("enter", i, time.monotonic()))
+                time.sleep(1.5)
+                inside.append(("leave", i, time.monotonic()))
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=waiter, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    events = sorted(inside, key=lambda e: e[2])
+    assert [e[0] for e in events] == ["enter", "leave", "enter", "leave"]  # one after the other, never both
+    assert not client.search_registered_models(f"name = 'm{LOCK_SUFFIX}'")
+    assert len(client.search_registered_models(f"name LIKE 'm{LOCK_SUFFIX}.broken-%'")) == 1
+
+    from bertops import registry
+
+    original = registry.gate_lock
+    monkeypatch.setattr(registry, "gate_lock", lambda c, n: original(c, n, wait_s=1))
+    monkeypatch.setattr(registry, "_get_version", lambda *a: None)  # no version needed to reach the lock
+    with original(client, "m"):  # a live holder: a manual promotion or rollback waits for it (here: gives up)
+        with pytest.raises(BertopsError, match="held the promotion lock"):
+            promote(client, "m", "1", reason="a test")
+        with pytest.raises(BertopsError, match="held the promotion lock"):
+            registry.rollback(client, "m")

@@ -174,6 +174,17 @@ def test_regression_through_dvc_and_the_flow_registers_predicts_and_gates(tmp_pa
     high, low = _predict(root, "the movie was brilliant superb and charming", "the plot was awful")
     assert high["score"] > 1.5 and low["score"] < -0.3
 
+    # the scoring server: the test split's scores as evaluate predicted them, a text 4x max_length answered
+    import serving
+
+    layout = Layout(root)
+    rows, evaluated = serving.test_rows(layout), serving.evaluated(layout)
+    with serving.serving_project(root, "tiny-score") as (url, model_uri, uri):
+        out = serving.served(url, [{"text": r["text"]} for r in rows])
+        assert max(abs(o["score"] - e["predicted"]) for o, e in zip(out, evaluated)) < 1e-4
+        assert len(serving.served(url, [{"text": serving.long_text(params["model"]["max_length"], FILLER)}])) == 1
+        serving.assert_bad_request(url, {"dataframe_records": [{"text": ""}]}, "row 0: 'text' is empty")
+
     # a second version on a grown corpus: the champion (a pyfunc model) is re-scored on the new test split, and
     # the gate runs the family's paired bootstrap on Pearson
     first_test = (root / "data" / "prepared" / "test.jsonl").read_text().splitlines()
@@ -220,3 +231,13 @@ def test_multilabel_through_dvc_and_the_flow_registers_and_predicts(tmp_path, ti
     both, none_ = _predict(root, "the acting was brilliant and the plot awful", "the movie was a story")
     assert {x["label"] for x in both["labels"]} == {"acting", "praise", "complaint"}
     assert none_["labels"] == []  # no label word: no label passes its threshold
+
+    import serving
+
+    layout = Layout(root)
+    rows, evaluated = serving.test_rows(layout), serving.evaluated(layout)
+    with serving.serving_project(root, "tiny-tags") as (url, model_uri, uri):
+        out = serving.served(url, [{"text": r["text"]} for r in rows])
+        assert [sorted(o["labels"]) for o in out] == [sorted(e["predicted"]) for e in evaluated]
+        assert len(serving.served(url, [{"text": serving.long_text(params["model"]["max_length"], FILLER)}])) == 1
+        serving.assert_bad_request(url, {"dataframe_records": [{"text": None}]}, "row 0: 'text' is missing")

@@ -163,3 +163,18 @@ def test_qa_pipeline_through_the_flow_fits_registers_and_predicts(tmp_path, tiny
                           cwd=root, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads(done.stdout.strip().splitlines()[-1])["answer"] == "vienna"
+
+    # the scoring server: the test questions answered as evaluate answered them; a context 4x max_length is
+    # read window by window
+    import serving
+
+    rows, evaluated = serving.test_rows(layout), serving.evaluated(layout)
+    with serving.serving_project(root, "tiny-qa") as (url, model_uri, uri):
+        out = serving.served(url, [{"question": r["question"], "context": r["context"]} for r in rows])
+        assert [o["answer"] for o in out] == [e["predicted"] for e in evaluated]
+        filler = " ".join(["the plot was quite dull ."] * raw["model"]["max_length"])
+        (row,) = serving.served(url, [{"question": "where does grace live ?",
+                                       "context": f"{filler} grace lives in vienna . {filler}"}])
+        assert row["answer"] == "vienna"
+        serving.assert_bad_request(url, {"dataframe_records": [{"question": "where ?", "context": None}]},
+                                   "row 0: 'context' is missing")

@@ -76,6 +76,23 @@ def test_pair_model_trains_registers_and_predicts(tmp_path, tiny_model_dir, caps
                          {"text": "the movie was great", "text_pair": "awful and dull"}])
     assert list(out["label"]) == ["positive", "negative"]
 
+    # the scoring server: the test pairs as evaluate predicted them; a row without its second text is a 400
+    import serving
+    from conftest import FILLER
+
+    rows, evaluated = serving.test_rows(layout), serving.evaluated(layout)
+    with serving.serving_project(tmp_path, "tiny-pairs") as (url, model_uri, uri):
+        out = serving.served(url, [{"text": r["text"], "text_pair": r["text_pair"]} for r in rows])
+        assert [o["label"] for o in out] == [e["predicted"] for e in evaluated]
+        assert max(abs(o["probability"] - e["probability"]) for o, e in zip(out, evaluated)) < 1e-4
+        long = serving.long_text(params.model.max_length, FILLER)
+        assert len(serving.served(url, [{"text": long, "text_pair": long}])) == 1
+        serving.assert_bad_request(url, {"dataframe_records": [{"text": "a", "text_pair": "b"}, {"text": "c"}]},
+                                   "row 1: 'text_pair' is missing (this model takes sentence pairs)")
+        serving.assert_bad_request(url, {"dataframe_records": [{"text": "a", "text_pair": ""}]},
+                                   "row 0: 'text_pair' is empty")
+        serving.assert_bad_request(url, {"inputs": ["just one text"]}, "text_pair")
+
     from bertops.cli import main
 
     capsys.readouterr()  # drop what training printed

@@ -11,6 +11,7 @@ import yaml
 
 from bertops.corpora.token_readers import read_token_examples
 from bertops.errors import CorpusError
+from bertops.layout import Layout
 from bertops.modeling import add_tokens, load_tokenizer
 from bertops.ner_metrics import entity_scores, entity_spans
 from bertops.tasks.token_classification import encode_words
@@ -165,3 +166,25 @@ def test_ner_pipeline_through_the_flow_registers_and_predicts(tmp_path, tiny_ner
     # words of the tiny vocabulary only: "with" and "in" were [UNK], which no training sentence has, and one
     # model tagged "with" as a person
     assert {(e["type"], e["text"]) for e in entities} == {("person", "carol jones"), ("geo-loc", "berlin")}
+
+    # the scoring server: the test sentences' words tagged as evaluate tagged them; a text is cut at whitespace;
+    # a sentence 4x max_length is answered with a tag for every word
+    import serving
+
+    layout = Layout(root)
+    rows, evaluated = serving.test_rows(layout), serving.evaluated(layout)
+    with serving.serving_project(root, "tiny-ner") as (url, model_uri, uri):
+        out = serving.served(url, [{"words": r["tokens"]} for r in rows])
+        assert [o["tags"] for o in out] == [e["predicted"] for e in evaluated]
+        text = "the movie was carol jones and the story berlin 7"
+        (row,) = serving.served(url, [{"text": text}])
+        assert {(e["type"], e["text"], text[e["start"]:e["end"]]) for e in row["entities"]} == {
+            ("person", "carol jones", "carol jones"), ("geo-loc", "berlin", "berlin")}
+        long = serving.long_text(params["model"]["max_length"], FILLER).split()
+        (row,) = serving.served(url, [{"words": long}])
+        assert len(row["tags"]) == len(long)
+        serving.assert_bad_request(url, {"dataframe_records": [{"words": []}]}, "row 0: 'words' must be")
+        serving.assert_bad_request(url, {"dataframe_records": [{"words": ["carol jones"]}]},
+                                   "strings without whitespace")
+        serving.assert_bad_request(url, {"dataframe_records": [{"text": " "}]}, "row 0: give 'words'")
+    serving.assert_requirements_cover_imports(model_uri, uri, [{"text": text}])

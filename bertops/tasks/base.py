@@ -79,6 +79,7 @@ class TaskFamily:
     class_kind: ClassVar[str] = "class"
     intended_use: ClassVar[str] = ""
     raw_suffixes: ClassVar[tuple[str, ...]] = ("csv", "tsv", "jsonl")
+    served_packages: ClassVar[tuple[str, ...]] = ()  # what `serve` imports beyond bertops.tasks.pyfunc's list
 
     # ---- params ---------------------------------------------------------------------------------------------
     def check_params(self, params) -> None:

@@ -62,12 +62,12 @@ class TaskModel(mlflow.pyfunc.PythonModel):
         return self.family.serve(self.model, self.tokenizer, rows, {**self.config, **(params or {})})
 
 
-def served_requirements(adapter: bool) -> list[str]:
-    """Pinned requirements: every package the served model imports (peft for an adapter), at this process's
-    versions (a local build suffix such as +cpu dropped)."""
+def served_requirements(family, adapter: bool) -> list[str]:
+    """Pinned requirements: every package the served model imports (the family's own, peft for an adapter), at
+    this process's versions (a local build suffix such as +cpu dropped)."""
     from bertops.lineage import package_versions
 
-    pins = package_versions(*SERVED_PACKAGES, *(["peft"] if adapter else []))
+    pins = package_versions(*SERVED_PACKAGES, *family.served_packages, *(["peft"] if adapter else []))
     return [f"{name}=={v.split('+')[0]}" for name, v in pins.items() if v != "not installed"]
 
 
@@ -85,4 +85,4 @@ def log_task_model(family, params, layout, example_rows: list[dict]):
         code_paths=[str(Path(bertops.__file__).parent)], input_example=pd.DataFrame(example_rows),
         signature=ModelSignature(inputs=family.input_schema(params), params=family.params_schema()),
         model_config=config,
-        pip_requirements=served_requirements(is_adapter_checkpoint(layout.model_dir)))
+        pip_requirements=served_requirements(family, is_adapter_checkpoint(layout.model_dir)))

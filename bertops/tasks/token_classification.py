@@ -90,6 +90,7 @@ class TokenClassification(TaskFamily):
     peft_task_type = "TOKEN_CLS"
     class_table_key = "per_type"
     class_kind = "entity type"
+    served_packages = ("seqeval",)  # entity spans (bertops.ner_metrics)
     intended_use = ("Tags every word of a sentence with an entity type (whole-word entities, read at each word's "
                     "first sub-token).")
 
