@@ -50,11 +50,15 @@ def scoring_server(model_uri: str, tracking_uri: str, log_dir: Path, timeout: fl
             time.sleep(1)
         yield url
     finally:
-        os.killpg(proc.pid, 15)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, 9)
+        for signal_number in (15, 9):
+            try:
+                os.killpg(proc.pid, signal_number)
+                proc.wait(30)
+                break
+            except ProcessLookupError:
+                break  # it had already exited
+            except subprocess.TimeoutExpired:
+                continue
         log.close()
 
 

@@ -199,20 +199,31 @@ def test_missing_model_is_a_clear_error(tmp_path, tiny_project):
     assert not (tiny_project / "mlflow.db").exists()  # failed before any run was created
 
 
-def test_killed_training_resumes_from_last_checkpoint(tiny_project):
-    """SIGKILL the train stage after its first epoch checkpoint; re-running it continues the same MLflow run
-    from that epoch instead of starting over."""
+def test_killed_training_resumes_from_last_checkpoint(tiny_project, tmp_path_factory):
+    """SIGKILL the train stage mid-epoch after its first epoch checkpoint; re-running it continues the same MLflow
+    run from that epoch, with the data order the uninterrupted run had: without dropout, the same weights and the
+    same train_loss at every step as a run that was never killed."""
     import os
+    import shutil
     import signal
     import subprocess
     import sys
     import time
 
     import yaml
+    from safetensors.torch import load_file
 
+    from conftest import FILLER, NEGATIVE, POSITIVE, write_tiny_bert
+
+    no_dropout = write_tiny_bert(tmp_path_factory.mktemp("tiny-bert-no-dropout"), [*POSITIVE, *NEGATIVE, *FILLER],
+                                 dropout=0.0)
     raw = yaml.safe_load((tiny_project / "params.yaml").read_text())
+    raw["model"]["name_or_path"] = str(no_dropout)
     raw["train"].update({"epochs": 30, "early_stopping_patience": None})  # long enough to be killed midway
     (tiny_project / "params.yaml").write_text(yaml.safe_dump(raw))
+    never_killed = tmp_path_factory.mktemp("never-killed")
+    for name in ("corpus.csv", "params.yaml"):
+        shutil.copy(tiny_project / name, never_killed / name)
     params, layout = load_params(tiny_project / "params.yaml"), Layout(tiny_project)
     import_corpus(params, layout)
     prepare(params, layout)
@@ -242,6 +253,21 @@ def test_killed_training_resumes_from_last_checkpoint(tiny_project):
     assert len(history) < before_kill + 30  # resumed from a checkpoint, not restarted from epoch 0
     assert summary["epochs_trained"] == 30
     assert not list((tiny_project / ".bertops").rglob("*.ckpt"))  # cleaned up after success
+    resumed_loss = {}
+    for m in MlflowClient().get_metric_history(summary["run_id"], "train_loss"):
+        resumed_loss.setdefault(m.step, set()).add(round(m.value, 5))  # a redone step: logged twice, same value
+
+    reference_params, reference = load_params(never_killed / "params.yaml"), Layout(never_killed)
+    import_corpus(reference_params, reference)
+    prepare(reference_params, reference)
+    reference_summary = train(reference_params, reference)
+    tracking.configure(reference_params, reference)
+    reference_loss = {m.step: {round(m.value, 5)}
+                      for m in MlflowClient().get_metric_history(reference_summary["run_id"], "train_loss")}
+    assert resumed_loss == reference_loss
+    ours, theirs = (load_file(str(d / "model.safetensors")) for d in (layout.model_dir, reference.model_dir))
+    assert ours.keys() == theirs.keys()
+    assert max((ours[k] - theirs[k]).abs().max().item() for k in ours) < 1e-5
 
 
 def test_predict_cli_prints_label_and_probability(trained, capsys):

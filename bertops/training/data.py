@@ -48,6 +48,8 @@ class FineTuneData(L.LightningDataModule):
         self.length_grouping, self.num_workers, self.seed = length_grouping, num_workers, seed
         self.max_train_examples, self.train_fraction = max_train_examples, train_fraction
         self.splits: dict[str, EncodedSplit] = {}
+        self._train_generator: torch.Generator | None = None
+        self._restored: dict = {}
 
     def setup(self, stage: str | None = None):
         for name, path in self.split_paths.items():
@@ -63,9 +65,27 @@ class FineTuneData(L.LightningDataModule):
             self.rows[name] = rows
             self.splits[name] = EncodedSplit(self.encode(rows, self.tokenizer, self.labels))
 
+    # ---- the data order and the masks across a kill: saved in every checkpoint, restored on resume -------------
+    def state_dict(self) -> dict:
+        """Where the training order's generator and the masking RNG stand (at an epoch's end, where Lightning
+        checkpoints), so that a resumed run draws the epochs the uninterrupted run would have drawn."""
+        state = {"train_order": self._train_generator.get_state()} if self._train_generator is not None else {}
+        if hasattr(self.collate, "rng"):  # drawn in this process with num_workers 0 (the default)
+            state["masking"] = self.collate.rng.getstate()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        self._restored = state
+        if "masking" in state and hasattr(self.collate, "rng"):
+            self.collate.rng.setstate(state["masking"])
+
     def _loader(self, name: str, batch_size: int, train: bool) -> DataLoader:
         split = self.splits[name]
         generator = torch.Generator().manual_seed(self.seed)
+        if train:
+            if "train_order" in self._restored:
+                generator.set_state(self._restored["train_order"])
+            self._train_generator = generator
         trainer = self.trainer  # None outside a Trainer (predict, tests)
         world = distributed.rank_and_world(trainer)[1]
         if train:
