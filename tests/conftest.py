@@ -18,6 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 def pytest_configure(config):
     # hermetic, offline, quiet: set before mlflow/prefect are imported by the tests
     tmp = Path(os.environ.get("PYTEST_BERTOPS_HOME", "/tmp/bertops-test-home"))
+    (tmp / "prefect").mkdir(parents=True, exist_ok=True)  # Prefect does not create its home's parents
     os.environ.setdefault("PREFECT_HOME", str(tmp / "prefect"))
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     # the ephemeral server's 20 s default start-up limit is too short on a loaded 2-core machine

@@ -128,26 +128,22 @@ from packaging.requirements import Requirement
 direct = {Requirement(r).name.lower().replace("_", "-") for r in requires("bertops") or []} | {"pandas"}
 owners = packages_distributions()
 found = {d.lower().replace("_", "-") for top in {m.split(".")[0] for m in list(sys.modules)} for d in owners.get(top, [])}
-print(json.dumps(sorted(found & direct)))
+requirements = open(mlflow.pyfunc.get_model_dependencies(sys.argv[1], format="pip")).read().splitlines()
+print(json.dumps({"imported": sorted(found & direct), "requirements": requirements}))
 """
 
 
 def assert_requirements_cover_imports(model_uri: str, tracking_uri: str, rows: list[dict]) -> None:
     """Every bertops dependency the served model imports while it loads and predicts is pinned in its
-    requirements.txt."""
-    import mlflow
-
+    requirements.txt (or installed by a pinned package)."""
     env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "MLFLOW_REGISTRY_URI": tracking_uri}
     out = subprocess.run([sys.executable, "-c", SERVED_IMPORTS, model_uri, json.dumps(rows)], env=env,
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
-    imported = set(json.loads(out.stdout.strip().splitlines()[-1]))
-    mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_registry_uri(tracking_uri)
-    requirements_file = Path(mlflow.pyfunc.get_model_dependencies(model_uri, format="pip"))
-    pinned = {line.split("==")[0].strip().lower() for line in requirements_file.read_text().splitlines()
+    found = json.loads(out.stdout.strip().splitlines()[-1])  # in the subprocess: mlflow's URIs stay out of ours
+    pinned = {line.split("==")[0].strip().lower() for line in found["requirements"]
               if line.strip() and not line.startswith("#")}
-    assert imported - installed_with(pinned) == set(), (imported, pinned)
+    assert set(found["imported"]) - installed_with(pinned) == set(), found
 
 
 def installed_with(names: set[str]) -> set[str]:
