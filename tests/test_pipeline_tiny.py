@@ -7,7 +7,6 @@ import mlflow
 import pandas as pd
 import pytest
 import torch
-import yaml
 from mlflow import MlflowClient
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
