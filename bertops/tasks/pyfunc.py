@@ -16,7 +16,10 @@ from pathlib import Path
 import mlflow.pyfunc
 from mlflow.exceptions import MlflowException
 
-MODEL_CODE = Path(__file__).with_name("served_model.py")
+# the model-from-code file MLflow copies into every registered model (named as a module so that the register
+# stage's code deps, scripts/stage_deps.py, include it)
+MODEL_CODE_MODULE = "bertops.tasks.served_model:TaskModel"
+MODEL_CODE = Path(__file__).with_name(MODEL_CODE_MODULE.partition(":")[0].rpartition(".")[2] + ".py")
 # what the served model imports at load and predict (tests/serving.py checks this against a real load)
 SERVED_PACKAGES = ("mlflow", "torch", "transformers", "tokenizers", "numpy", "pandas", "pydantic", "pyyaml")
 
