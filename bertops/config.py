@@ -176,7 +176,10 @@ class TrackingParams(_Section):
     uri: str = Field("sqlite:///mlflow.db", description="MLflow tracking URI; MLFLOW_TRACKING_URI overrides it")
     experiment: str = Field("bertops", min_length=1)
     log_every_n_steps: int = Field(10, ge=1, description="train loss / lr sampled every N steps")
-    flush_every_n_steps: int = Field(100, ge=1, description="buffered metrics are sent to MLflow every N steps")
+    flush_every_n_steps: int = Field(100, ge=1, description="buffered metrics are spooled for MLflow every N steps")
+    ship_timeout_s: float = Field(300, ge=0, description="how long the train stage waits at its end for MLflow "
+                                                         "to take the spooled records before it fails (re-run: "
+                                                         "ships them without training again)")
 
 
 class Params(_Section):

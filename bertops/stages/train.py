@@ -13,17 +13,18 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, TQDMProgressBar
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param
 
 from bertops import tracking
 from bertops.config import Params, flat_params, params_hash
 from bertops.errors import BertopsError
+from bertops.files import write_atomic
 from bertops.layout import Layout
 from bertops.modeling import load_tokenizer, resolve_model_path, save_trained
 from bertops.tasks import task_of
 from bertops.training import distributed
 from bertops.training.data import FineTuneData
 from bertops.training.mlflow_logging import MlflowMetricsLogger
+from bertops.training.spool import RunSpool
 from bertops.training.strategies import GradualUnfreezing, apply_strategy, encoder_parts, parameter_counts
 from bertops.training.module import auto_precision
 
@@ -99,24 +100,30 @@ def train(params: Params, layout: Layout, run_tags: dict[str, str] | None = None
     rank_zero = distributed.is_rank_zero()
     work = layout.work_dir / "train" / _fingerprint(params, layout)
     state_file, last_ckpt = work / "state.json", work / "ckpt" / "last.ckpt"
-    client = experiment_id = None
+    client = experiment_id = spool = None
     if rank_zero:
         experiment_id = tracking.configure(params, layout)
         client = MlflowClient()
+        if (work / FINISHED).is_file() and layout.model_dir.is_dir():
+            # trained before, but MLflow was unreachable at the end: ship what waits, finish, do not train again
+            return _finish(json.loads((work / FINISHED).read_text()), params, layout, client, work, experiment_id)
         resume = hp.resume and state_file.is_file() and _readable_checkpoint(last_ckpt)
         if resume:
             run_id = json.loads(state_file.read_text())["run_id"]
-            client.update_run(run_id, status="RUNNING")
+            spool = RunSpool(work / "spool", client, run_id)  # ships what a killed run left first
+            spool.status("RUNNING")
             log.info("resuming MLflow run %s from %s", run_id, last_ckpt)
         else:
             shutil.rmtree(work, ignore_errors=True)
             work.mkdir(parents=True)
+            # the one synchronous call: the run's id comes from the server (it fails before any training)
             run = client.create_run(experiment_id, run_name=f"train-{params.registry.model_name}",
                                     tags={"bertops.stage": "train", "bertops.base_model": params.model.name_or_path,
                                           "bertops.params_hash": params_hash(params), **(run_tags or {})})
             run_id = run.info.run_id
-            client.log_batch(run_id, params=[Param(k, v[:6000]) for k, v in flat_params(params).items()])
-            client.log_param(run_id, "model.resolved_path", resolve_model_path(params.model.name_or_path))
+            spool = RunSpool(work / "spool", client, run_id)
+            spool.params({**{k: v[:6000] for k, v in flat_params(params).items()},
+                          "model.resolved_path": resolve_model_path(params.model.name_or_path)})
         distributed.announce(state_file, {"run_id": run_id, "resume": resume})
     else:  # another rank of a multi-process run: rank zero owns the MLflow run and the work directory
         state = distributed.await_announcement(state_file)
@@ -130,7 +137,7 @@ def train(params: Params, layout: Layout, run_tags: dict[str, str] | None = None
                                  save_last=True, enable_version_counter=False)
     callbacks = [checkpoint, TQDMProgressBar(refresh_rate=10)]
     if rank_zero:
-        callbacks.append(MlflowMetricsLogger(client, run_id, log_every_n_steps=params.tracking.log_every_n_steps,
+        callbacks.append(MlflowMetricsLogger(spool, log_every_n_steps=params.tracking.log_every_n_steps,
                                              flush_every_n_steps=params.tracking.flush_every_n_steps))
     if params.finetune.gradual_unfreezing:
         callbacks.append(GradualUnfreezing(encoder_parts(model)))
@@ -148,13 +155,17 @@ def train(params: Params, layout: Layout, run_tags: dict[str, str] | None = None
         trainer.fit(module, datamodule=data, ckpt_path=str(last_ckpt) if resume else None)
     except BaseException:
         if rank_zero:
-            client.update_run(run_id, status="FAILED")  # the checkpoint stays for a resume
+            spool.status("FAILED")  # the checkpoint and the spool stay for a resume
+            spool.drain(min(params.tracking.ship_timeout_s, 30))
+            spool.close()
         raise
     fit_seconds = time.perf_counter() - started
     if not rank_zero:
         return None  # rank zero exports, logs and reports
     if trainer.interrupted:  # Lightning turns Ctrl-C into a graceful stop: keep the checkpoint, export nothing
-        client.set_terminated(run_id, "KILLED")
+        spool.status("KILLED")
+        spool.drain(min(params.tracking.ship_timeout_s, 30))
+        spool.close()
         raise BertopsError(f"training interrupted; re-run the train stage to resume from {last_ckpt}")
 
     best = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=False)
@@ -178,13 +189,37 @@ def train(params: Params, layout: Layout, run_tags: dict[str, str] | None = None
         "train_real_tokens_per_s": round(data.splits["train"].real_tokens() * trainer.current_epoch / fit_seconds, 1)
         if not resume else None,
     }
-    client.log_batch(run_id, metrics=[
-        Metric(k, float(v), int(time.time() * 1000), trainer.global_step)
-        for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)])
-    client.set_tag(run_id, "bertops.precision", precision)
-    client.set_terminated(run_id, "FINISHED")
-    _write_history(client, run_id, layout, module.VAL_METRICS)
+    spool.metrics([(k, float(v), int(time.time() * 1000), trainer.global_step)
+                   for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)])
+    spool.tags({"bertops.precision": precision})
+    spool.status("FINISHED")
+    finished = {"run_id": run_id, **summary, "val_metrics": list(module.VAL_METRICS)}
+    write_atomic(work / FINISHED, json.dumps(finished, indent=1) + "\n")  # the checkpoint is saved: never again
+    shutil.rmtree(work / "ckpt", ignore_errors=True)
+    return _finish(finished, params, layout, client, work, experiment_id, spool)
+
+
+FINISHED = "finished.json"  # in the work directory: training ended and models/best is written
+
+
+def _finish(finished: dict, params: Params, layout: Layout, client: MlflowClient, work, experiment_id,
+            spool: RunSpool | None = None) -> dict:
+    """Ship what the spool holds (within tracking.ship_timeout_s), then the learning curves and the train-run
+    record; if MLflow is still unreachable, fail with the spool kept, so that a re-run finishes here."""
+    run_id = finished["run_id"]
+    spool = spool or RunSpool(work / "spool", client, run_id)
+    shipped = spool.drain(params.tracking.ship_timeout_s)
+    left = spool.pending()
+    spool.close()
+    if not shipped:
+        raise BertopsError(
+            f"training finished and {layout.model_dir} is saved, but the tracking server "
+            f"{tracking.tracking_uri(params, layout.project_root)} did not take {left} spooled records within "
+            f"tracking.ship_timeout_s = {params.tracking.ship_timeout_s:g} s (they wait in {spool.file}); re-run "
+            f"the train stage once it is back: it ships them and finishes run {run_id} without training again")
+    _write_history(client, run_id, layout, tuple(finished["val_metrics"]))
     tracking.write_train_run(layout, run_id, experiment_id)
     shutil.rmtree(work, ignore_errors=True)
+    summary = {k: v for k, v in finished.items() if k != "val_metrics"}
     log.info("training done: %s", summary)
-    return {"run_id": run_id, **summary}
+    return summary

@@ -1,5 +1,6 @@
-"""Per-step metrics to MLflow without per-step blocking I/O: values stay on the device until a flush, which
-sends them in one `log_batch` call every `flush_every_n_steps` steps and at each validation."""
+"""Per-step metrics for MLflow without per-step blocking I/O: values stay on the device until a flush (every
+`flush_every_n_steps` steps and at each validation), which copies them to the host at once and hands them to the
+run's spool (bertops/training/spool.py), which ships them to MLflow in the background."""
 
 from __future__ import annotations
 
@@ -7,13 +8,11 @@ import time
 
 import lightning as L
 import torch
-from mlflow import MlflowClient
-from mlflow.entities import Metric
 
 
 class MlflowMetricsLogger(L.Callback):
-    def __init__(self, client: MlflowClient, run_id: str, *, log_every_n_steps: int, flush_every_n_steps: int):
-        self.client, self.run_id = client, run_id
+    def __init__(self, spool, *, log_every_n_steps: int, flush_every_n_steps: int):
+        self.spool = spool
         self.log_every, self.flush_every = log_every_n_steps, flush_every_n_steps
         self.pending: list[tuple[str, torch.Tensor | float, int, int]] = []
         self.loss_sum, self.loss_count = None, 0
@@ -53,8 +52,7 @@ class MlflowMetricsLogger(L.Callback):
         tensors = [v for _, v, _, _ in self.pending if isinstance(v, torch.Tensor)]
         # one device->host copy for all buffered tensors
         values = iter(torch.stack([t.float().reshape(()) for t in tensors]).cpu().tolist()) if tensors else iter(())
-        metrics = [Metric(key, next(values) if isinstance(v, torch.Tensor) else v, ts, step)
-                   for key, v, step, ts in self.pending]
+        rows = [(key, next(values) if isinstance(v, torch.Tensor) else float(v), ts, step)
+                for key, v, step, ts in self.pending]
         self.pending.clear()
-        for start in range(0, len(metrics), 1000):  # MLflow accepts at most 1000 metrics per batch
-            self.client.log_batch(self.run_id, metrics=metrics[start:start + 1000])
+        self.spool.metrics(rows)  # a local append: never waits on the tracking server
