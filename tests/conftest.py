@@ -25,6 +25,9 @@ def pytest_configure(config):
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     os.environ.setdefault("MPLCONFIGDIR", str(tmp / "matplotlib"))
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    # `mlflow server` otherwise starts a job runner and seven huey consumers (GenAI jobs bertops never runs):
+    # eight more Python processes importing MLflow per server start, on a 2-core machine
+    os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
     os.environ.setdefault("DO_NOT_TRACK", "true")
     os.environ.setdefault("DVC_NO_ANALYTICS", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -5,11 +5,15 @@ server by a background thread, in order, so that a tracking outage never blocks 
 - The shipper sends consecutive metric records in batches (`log_batch`, at most 1000 metrics), tags and params,
   and the run's status, in the order they were spooled, and records the last shipped sequence number in
   `shipped.json` (written atomically) after each success. A failed call is retried after a pause, growing to
-  `max_pause_s`; nothing is dropped.
+  `max_pause_s`, that new records do not cut short; nothing is dropped.
 - A record shipped twice (a kill between the server's answer and `shipped.json`) is harmless: metrics keep the
   timestamp they were spooled with, and MLflow's SQL store keeps one row per (key, timestamp, step, value)
   (checked: logging the same batch twice leaves one entry per step in the history); tags and params are set to
   the same value again; a status update is idempotent.
+- After a successful call the shipper waits `interval_s` (1 s) before the next, so that a second's records go in
+  one call: a flush every few steps of a fast model would otherwise be a request each, and the server's work
+  on them competes with training for the same cores (measured in tests/test_spool.py: 4x slower steps of the
+  tiny model with a call per flush). `drain` cuts the wait short.
 - `drain(timeout)` waits until everything spooled so far is shipped; False if the server is still unreachable.
   The spool stays on disk: a new RunSpool on the same directory ships what is left.
 """
@@ -29,11 +33,12 @@ BATCH = 1000  # MLflow's limit of metrics per log_batch
 
 
 class RunSpool:
-    def __init__(self, directory: Path, client, run_id: str, *, max_pause_s: float = 10.0):
+    def __init__(self, directory: Path, client, run_id: str, *, max_pause_s: float = 10.0, interval_s: float = 1.0):
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.file, self.shipped_file = self.dir / "spool.jsonl", self.dir / "shipped.json"
-        self.client, self.run_id, self.max_pause_s = client, run_id, max_pause_s
+        self.client, self.run_id, self.max_pause_s, self.interval_s = client, run_id, max_pause_s, interval_s
+        self._draining = 0  # callers waiting in drain: the shipper skips its interval
         self.records = self._read()
         self.shipped = json.loads(self.shipped_file.read_text())["seq"] if self.shipped_file.is_file() else 0
         self._lock = threading.Condition()
@@ -75,12 +80,17 @@ class RunSpool:
         """Wait until every record spooled so far is shipped (True), or `timeout` seconds pass (False)."""
         deadline = time.monotonic() + timeout
         with self._lock:
-            target = len(self.records)
-            while self.shipped < target:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._lock.wait(min(left, 1.0))
+            self._draining += 1
+            self._lock.notify_all()
+            try:
+                target = len(self.records)
+                while self.shipped < target:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        return False
+                    self._lock.wait(min(left, 1.0))
+            finally:
+                self._draining -= 1
         return True
 
     def close(self) -> None:
@@ -151,7 +161,9 @@ class RunSpool:
                 with self._lock:
                     if self._stop:
                         return  # closing with records left: they stay in the spool for the next run
-                    self._lock.wait(pause)
+                    # the whole pause: new records notify the lock, and waking on them would retry at every
+                    # flush (measured: 32 failed calls in 0.6 s, training 2.5x slower during an outage)
+                    self._lock.wait_for(lambda: self._stop, timeout=pause)
                 pause = min(pause * 2, self.max_pause_s)
                 continue
             pause = 0.5
@@ -159,3 +171,5 @@ class RunSpool:
                 self.shipped = batch[-1]["seq"]
                 write_atomic(self.shipped_file, json.dumps({"seq": self.shipped}) + "\n")
                 self._lock.notify_all()
+                # let the next second's records gather into one call, unless someone waits for them
+                self._lock.wait_for(lambda: self._stop or self._draining, timeout=self.interval_s)
