@@ -19,7 +19,7 @@ from bertops.config import Params, flat_params, params_hash
 from bertops.errors import BertopsError
 from bertops.files import write_atomic
 from bertops.layout import Layout
-from bertops.modeling import load_tokenizer, resolve_model_path, save_trained
+from bertops.modeling import check_max_length, load_tokenizer, resolve_model_path, save_trained
 from bertops.tasks import task_of
 from bertops.training import distributed
 from bertops.training.data import FineTuneData
@@ -90,6 +90,7 @@ def train(params: Params, layout: Layout, run_tags: dict[str, str] | None = None
     L.seed_everything(hp.seed, workers=True, verbose=False)
     family = task_of(params)
     labels = json.loads(layout.labels_file.read_text())  # the label space prepare found (the family's format)
+    check_max_length(params.model.name_or_path, params.model.revision, params.model.max_length)
     tokenizer = load_tokenizer(params.model.name_or_path, params.model.revision)
     model, new_params = family.load_model(params, labels, tokenizer, layout)
     model, new_params = apply_strategy(model, new_params, params.finetune, family.name)
