@@ -109,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--source", required=True, help="your corpus file or folder")
     init.add_argument("--model", help="hub name or local path of the encoder (default: the packaged MiniLM)")
     init.add_argument("--name", help="registry.model_name (default: the directory's name)")
+    init.add_argument("--max-length", type=int, help="model.max_length (default 128; at most the model's limit)")
     init.add_argument("--format", help="corpus.format (default: auto, from the suffix)")
     for column in ("text", "text-pair", "label", "tokens", "tags"):
         init.add_argument(f"--{column}-column", help=f"corpus.{column.replace('-', '_')}_column")

@@ -66,7 +66,7 @@ def _registered_family(model_uri: str, params):
         info = mlflow.models.get_model_info(model_uri)
     except mlflow.exceptions.MlflowException as exc:
         raise BertopsError(f"cannot load {model_uri}: {exc.message}") from None
-    task_type = (info.flavors.get("python_function", {}).get("model_config") or {}).get("task_type")
+    task_type = (info.flavors.get("python_function", {}).get("config") or {}).get("task_type")  # model_config
     if "transformers" in info.flavors or task_type is None:
         if params is None:
             raise BertopsError(f"{model_uri} was registered as a transformers pipeline (before bertops recorded "

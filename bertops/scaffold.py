@@ -71,14 +71,16 @@ def commented_params(params: Params, notes: dict[str, dict[str, str]], header: s
     return "\n".join(lines) + "\n"
 
 
-def scaffold_params(task: str, source: str, name: str, model: str | None, corpus: dict) -> tuple[Params, dict]:
+def scaffold_params(task: str, source: str, name: str, model: str | None, corpus: dict,
+                    max_length: int | None = None) -> tuple[Params, dict]:
     """The validated params of a new pipeline and the comments that explain the family's measured values."""
     from bertops.tasks import get_task
 
     family = get_task(task)
     corpus = dict(corpus)
     task_section = {"type": task, **({"tag_scheme": corpus.pop("tag_scheme")} if "tag_scheme" in corpus else {})}
-    raw = {"corpus": {"source": source, **corpus}, "model": {"name_or_path": model or DEFAULT_MODEL},
+    raw = {"corpus": {"source": source, **corpus},
+           "model": {"name_or_path": model or DEFAULT_MODEL, **({"max_length": max_length} if max_length else {})},
            "task": task_section, "registry": {"model_name": name}, "train": dict(family.train_defaults)}
     params = parse_params(raw, "bertops init")
     notes = {"train": {key: f"{family.train_defaults_note} (default {_scalar(_default('train', key))})"
@@ -110,7 +112,8 @@ def dry_run(params: Params, pipeline_dir: Path) -> dict:
         labels = json.loads(layout.labels_file.read_text()) if layout.labels_file.is_file() else None
         texts = _prepared_texts(layout)
         tokenizer = load_tokenizer(params.model.name_or_path, params.model.revision)
-    report = {"rows": stats.get("rows"), "labels": labels, "stats": stats}
+        sizes = {split: sum(1 for _ in layout.split(split).open()) for split in ("train", "val", "test")}
+    report = {"rows": stats.get("rows") or sum(sizes.values()), "labels": labels, "stats": stats, "splits": sizes}
     if texts:
         lengths = [len(ids) for ids in tokenizer(texts[:5000], add_special_tokens=True)["input_ids"]]
         limit = params.model.max_length
@@ -165,7 +168,8 @@ def init_pipeline(args) -> Path:
         "label_column": args.label_column, "tokens_column": args.tokens_column, "tags_column": args.tags_column,
         "tag_scheme": args.tag_scheme}.items() if value is not None}
     name = args.name or pipeline_dir.name
-    params, notes = scaffold_params(args.task, os.path.relpath(source, pipeline_dir), name, args.model, corpus)
+    params, notes = scaffold_params(args.task, os.path.relpath(source, pipeline_dir), name, args.model, corpus,
+                                    args.max_length)
     report = dry_run(params, pipeline_dir)  # a bad corpus stops here, before anything is written
     rel = os.path.relpath(pipeline_dir, repo_root)
     pipeline_dir.mkdir(parents=True, exist_ok=True)
@@ -188,10 +192,10 @@ def describe(report: dict) -> str:
     if report.get("labels"):
         labels = report["labels"]
         lines.append(f"  labels ({len(labels)}): " + ", ".join(labels[:20]) + (" ..." if len(labels) > 20 else ""))
-    for split, counts in (stats.get("splits") or {}).items():
-        size = sum(counts.values()) if isinstance(counts, dict) else counts
-        lines.append(f"  {split}: {size}" + (f"  {json.dumps(counts, ensure_ascii=False)}"
-                                             if isinstance(counts, dict) and len(counts) <= 10 else ""))
+    for split, size in report["splits"].items():
+        counts = (stats.get("splits") or {}).get(split)
+        per_label = isinstance(counts, dict) and len(counts) <= 10 and all(isinstance(v, int) for v in counts.values())
+        lines.append(f"  {split}: {size}" + (f"  {json.dumps(counts, ensure_ascii=False)}" if per_label else ""))
     if "tokens" in report:
         t = report["tokens"]
         lines.append(f"  length in tokens: median {t['median']}, p95 {t['p95']}, max {t['max']}; "

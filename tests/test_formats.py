@@ -5,6 +5,7 @@ schemes. Each reads into the same examples as a plain CSV of the same rows, bad 
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -23,7 +24,7 @@ from bertops.stages.import_corpus import import_corpus
 from bertops.stages.prepare import prepare
 from bertops.tasks.token_classification import tag_order
 
-from conftest import make_pipeline_repo, synthetic_reviews, tiny_params
+from conftest import REPO, make_pipeline_repo, synthetic_reviews, tiny_params
 
 ROWS = synthetic_reviews(60)
 LABEL_IDS = {"negative": 0, "positive": 1}
@@ -180,6 +181,7 @@ def test_init_scaffolds_each_format_and_dvc_repro_runs_them(tmp_path, tiny_model
     from bertops.pipeline_files import pipeline_dvc_yaml
 
     make_pipeline_repo(tmp_path)
+    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")  # DVC parses the root pipeline too
     monkeypatch.chdir(tmp_path)
     data = tmp_path / "data" / "own"
     data.mkdir(parents=True)
@@ -190,7 +192,7 @@ def test_init_scaffolds_each_format_and_dvc_repro_runs_them(tmp_path, tiny_model
         corpus = {"text_column": "review", "label_column": "sentiment", **write_classification(fixture, fmt)}
         _init(f"pipelines/{fmt}", "--task", "sequence_classification", "--source", str(fixture / corpus["source"]),
               "--text-column", corpus["text_column"], "--label-column", corpus["label_column"],
-              "--model", str(tiny_model_dir), "--name", f"tiny-{fmt}")
+              "--model", str(tiny_model_dir), "--name", f"tiny-{fmt}", "--max-length", "32")
         pipes[fmt] = tmp_path / "pipelines" / fmt
         printed = capsys.readouterr().out
         assert "corpus: 60 rows" in printed and "length in tokens: median" in printed, printed
@@ -202,7 +204,7 @@ def test_init_scaffolds_each_format_and_dvc_repro_runs_them(tmp_path, tiny_model
         (data / f"{scheme}.conll").write_bytes(text.encode())
         name = f"ner-{scheme.lower()}"
         _init(f"pipelines/{name}", "--task", "token_classification", "--source", f"data/own/{scheme}.conll",
-              "--tag-scheme", scheme, "--model", str(tiny_model_dir))
+              "--tag-scheme", scheme, "--model", str(tiny_model_dir), "--max-length", "32")
         pipes[name] = tmp_path / "pipelines" / name
         assert "corpus: 30 rows" in capsys.readouterr().out
 
@@ -215,10 +217,11 @@ def test_init_scaffolds_each_format_and_dvc_repro_runs_them(tmp_path, tiny_model
     with pytest.raises(Exception, match="already has a params.yaml"):
         _init("pipelines/folder", "--task", "sequence_classification", "--source", str(data / "folder" / "own"))
 
-    for pipe in pipes.values():  # train the tiny model briefly
+    for pipe in pipes.values():  # the tiny model's schedule
         raw = yaml.safe_load((pipe / "params.yaml").read_text())
-        raw["train"].update(epochs=6, lr=3e-3, early_stopping_patience=None)
-        raw["model"]["max_length"] = 32
+        # 60 rows: 36 to train on, 3 steps an epoch, so more epochs than tiny_params' 6 (of 12 steps)
+        raw["train"].update(epochs=30, lr=3e-3, early_stopping_patience=None)
+        raw["corpus"]["split"].update(val=0.2, test=0.2)
         (pipe / "params.yaml").write_text(yaml.safe_dump(raw))
     env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"}
     targets = [f"pipelines/{name}/dvc.yaml:prepare" for name in pipes if name != "folder"] + ["pipelines/folder/dvc.yaml"]
