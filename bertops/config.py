@@ -28,13 +28,16 @@ class SplitParams(_Section):
 
 class CorpusParams(_Section):
     source: str = Field(
-        description="a packaged-corpus manifest (data/sources/*.yaml) or your own .csv/.tsv/.jsonl file"
+        description="a packaged-corpus manifest (data/sources/*.yaml), your own .csv/.tsv/.jsonl/.parquet file, "
+                    "or a folder of <label>/*.txt files"
     )
-    format: Literal["auto", "csv", "tsv", "jsonl", "conll", "squad", "text"] = Field(
-        "auto", description="file format; auto = by suffix (.conll/.bio/.iob = conll: token<TAB>tag lines; "
-                            ".json = squad; .txt = text, one document or sentence per line, for masked_lm)")
+    format: Literal["auto", "csv", "tsv", "jsonl", "parquet", "folder", "conll", "squad", "text"] = Field(
+        "auto", description="file format; auto = by suffix (.csv, .tsv, .jsonl, .parquet; .conll/.bio/.iob = "
+                            "conll: token and tag columns; .json = squad; .txt = text, one document or sentence "
+                            "per line, for masked_lm) or folder for a directory (<folder>/<label>/*.txt)")
     encoding: str = Field("utf-8", description="text encoding of a user file")
-    text_column: str = Field("text", min_length=1)
+    text_column: str = Field("text", min_length=1, description="CSV/TSV column or JSONL/Parquet field; a dotted "
+                                                                "path (review.body) reads a nested field")
     text_pair_column: str | None = Field(None, description="second text of a sentence pair, or null")
     label_column: str = Field("label", min_length=1)
     tokens_column: str = Field("tokens", min_length=1, description="token classification, JSONL: list of words")

@@ -34,11 +34,45 @@ def top_labels(model, probs) -> list[tuple[str, float]]:
     return [(id2label[int(p.argmax())], float(p.max())) for p in probs]
 
 
+LONG_TEXT_POLICIES = ("truncate", "head_tail")
+HEAD_SHARE = 0.25  # head_tail: Sun et al. 2019 keep the first 128 and the last 382 of 510 tokens
+
+
+def encode_texts(tokenizer, texts: list[str], pairs: list[str] | None = None, *, max_length: int,
+                 long_text: str = "truncate"):
+    """Token ids of texts (or text pairs) at most `max_length` long, special tokens included: what training,
+    evaluation and the served model all feed the encoder.
+
+    - truncate: the first tokens (a pair: the longer side cut first);
+    - head_tail: a single text longer than that keeps its first quarter and its last three quarters of the
+      budget (Sun et al. 2019, "How to Fine-Tune BERT for Text Classification?": head 128 + tail 382 of 510
+      beat the head or the tail alone on long reviews); pairs are cut as with truncate."""
+    if long_text not in LONG_TEXT_POLICIES:
+        raise ValueError(f"long_text: {long_text!r} (allowed: {', '.join(LONG_TEXT_POLICIES)})")
+    if long_text == "truncate" or pairs is not None:
+        return tokenizer(texts, pairs, truncation="longest_first", max_length=max_length)
+    # cut the text itself at token boundaries (offsets), then encode it as any text: the tokenizer adds its own
+    # special tokens (transformers 5 has no public way to wrap given ids), and a piece that began mid-word is
+    # read as a word start; truncation keeps the result within max_length whatever the re-tokenization gives
+    budget = max_length - tokenizer.num_special_tokens_to_add(pair=False)
+    head = int(budget * HEAD_SHARE)
+    pieces = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
+    cut = []
+    for text, ids, offsets in zip(texts, pieces["input_ids"], pieces["offset_mapping"]):
+        if len(ids) <= budget:
+            cut.append(text)
+            continue
+        head_end, tail_start = offsets[head - 1][1], offsets[len(ids) - (budget - head)][0]
+        cut.append(text[:head_end] + " " + text[tail_start:])
+    return tokenizer(cut, truncation=True, max_length=max_length)
+
+
 @torch.inference_mode()
 def sequence_logits(model, tokenizer, texts: list[str], pairs: list[str] | None = None, *, max_length: int,
-                    batch_size: int = 128, bf16: bool | None = None) -> np.ndarray:
-    """One row of head outputs per text (or text pair), cut at `max_length` as in training (longer side first)."""
-    enc = tokenizer(texts, pairs, truncation="longest_first", max_length=max_length)
+                    batch_size: int = 128, bf16: bool | None = None, long_text: str = "truncate") -> np.ndarray:
+    """One row of head outputs per text (or text pair), cut at `max_length` by the long-text policy, as in
+    training (`encode_texts`)."""
+    enc = encode_texts(tokenizer, texts, pairs, max_length=max_length, long_text=long_text)
     logits = np.zeros((len(texts), model.config.num_labels), dtype=np.float32)
     pad = partial(tokenizer.pad, return_tensors="pt")
     for idx, out in outputs_by_length(model, encoded(enc, len(texts)), pad, batch_size, bf16):
@@ -47,9 +81,9 @@ def sequence_logits(model, tokenizer, texts: list[str], pairs: list[str] | None 
 
 
 def predict_proba(model, tokenizer, texts: list[str], pairs: list[str] | None = None, *, max_length: int,
-                  batch_size: int = 128, bf16: bool | None = None) -> np.ndarray:
+                  batch_size: int = 128, bf16: bool | None = None, long_text: str = "truncate") -> np.ndarray:
     logits = torch.from_numpy(sequence_logits(model, tokenizer, texts, pairs, max_length=max_length,
-                                              batch_size=batch_size, bf16=bf16))
+                                              batch_size=batch_size, bf16=bf16, long_text=long_text))
     return torch.softmax(logits, dim=-1).numpy()
 
 

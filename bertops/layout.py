@@ -85,7 +85,7 @@ class Layout:
         return files[0] if files else None
 
     def raw_corpus(self) -> Path:
-        files = sorted(p for p in self.raw_dir.glob("corpus.*") if p.is_file())
+        files = sorted(self.raw_dir.glob("corpus.*"))  # a file, or a folder corpus's directory (corpus.folder)
         if len(files) != 1:
             raise CorpusError(self.raw_dir, None, f"expected exactly one corpus.* file, found {len(files)}: "
                                                   "run the import stage first")

@@ -36,6 +36,21 @@ def load_tokenizer(name_or_path: str, revision: str | None = None):
         raise BertopsError(f"model.name_or_path: cannot load a tokenizer from {name_or_path!r}: {exc}") from None
 
 
+def check_max_length(name_or_path: str, revision: str | None, max_length: int) -> int:
+    """model.max_length must fit the encoder's position embeddings (BERT and MiniLM: 512); returns the limit."""
+    path = resolve_model_path(name_or_path)
+    try:
+        config = AutoConfig.from_pretrained(path, revision=revision)
+    except (OSError, ValueError) as exc:
+        raise BertopsError(f"model.name_or_path: cannot load a config from {name_or_path!r}: {exc}") from None
+    limit = getattr(config, "max_position_embeddings", None)
+    if limit is not None and max_length > limit:
+        raise BertopsError(f"model.max_length: {max_length} is more than {name_or_path} has position embeddings "
+                           f"for ({limit}); set at most {limit}, and task.long_text: head_tail to keep the ends "
+                           "of longer texts")
+    return limit
+
+
 def _auto_model(auto_model_or_task):
     """A transformers Auto class, given as such or as the task.type whose family names it."""
     if isinstance(auto_model_or_task, str):

@@ -22,15 +22,13 @@ def tracking_uri(params: Params, root: Path) -> str:
     return uri
 
 
-def configure(params: Params, layout: Layout) -> str:
-    """Point mlflow at the tracking store and the experiment; returns the experiment id."""
+def point_at(uri: str) -> None:
+    """Point this process's mlflow at a tracking store (and the registry beside it, unless MLFLOW_REGISTRY_URI
+    says otherwise), leaving the environment as it was."""
     import mlflow
 
-    os.environ.setdefault("MPLCONFIGDIR", str(layout.work_dir / "matplotlib"))
-    uri = tracking_uri(params, layout.project_root)
     saved = {key: os.environ.get(key) for key in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
     mlflow.set_tracking_uri(uri)
-    # the registry lives beside the tracking store unless MLFLOW_REGISTRY_URI says otherwise
     mlflow.set_registry_uri(saved["MLFLOW_REGISTRY_URI"] or uri)
     # mlflow also exports these URIs to os.environ; put the user's environment back, or a later project in this
     # process (and every child process) would silently log into this project's store
@@ -39,6 +37,15 @@ def configure(params: Params, layout: Layout) -> str:
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
+
+
+def configure(params: Params, layout: Layout) -> str:
+    """Point mlflow at the tracking store and the experiment; returns the experiment id."""
+    import mlflow
+
+    os.environ.setdefault("MPLCONFIGDIR", str(layout.work_dir / "matplotlib"))
+    uri = tracking_uri(params, layout.project_root)
+    point_at(uri)
     experiment = mlflow.get_experiment_by_name(params.tracking.experiment)
     if experiment is not None:
         return experiment.experiment_id

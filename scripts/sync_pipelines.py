@@ -1,7 +1,6 @@
-"""Write pipelines/**/dvc.yaml from the root dvc.yaml: the same stages, code dependencies made relative to the
-pipeline directory, and, when the pipeline's model.name_or_path is another pipeline's output (a chained
-pretrain -> fine-tune), that checkpoint as a dependency of train, so `dvc repro` runs the upstream first and
-reruns only what changed. tests/test_pipelines_dirs.py fails when a file drifts from this.
+"""Write pipelines/**/dvc.yaml from the root dvc.yaml (bertops/pipeline_files.py, the code `bertops init` uses
+too): the same stages, code dependencies made relative to the pipeline directory, and an upstream pipeline's
+checkpoint as a dependency of train. tests/test_pipelines_dirs.py fails when a file drifts from this.
 
     python scripts/sync_pipelines.py   # rewrite the root dvc.yaml's code deps, then every pipeline's dvc.yaml
 """
@@ -13,12 +12,10 @@ import runpy
 import sys
 from pathlib import Path
 
-import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-TRAIN_DEPS = "  train:\n    cmd: bertops stage train\n    deps:\n"
-UPSTREAM_DEP = "      - ${model.name_or_path}  # the upstream pipeline's checkpoint: dvc repro runs that pipeline first\n"
-
+sys.path.insert(0, str(REPO))
+from bertops.pipeline_files import is_upstream_checkpoint, pipeline_dvc_yaml  # noqa: F401 (tests use it)
 
 # where a pipeline's runs put files named params.yaml that are not pipelines (MLflow artifacts, outputs)
 NOT_PIPELINES = {"mlruns", "mlartifacts", ".bertops", "reports", "data", "models"}
@@ -29,19 +26,8 @@ def pipeline_dirs() -> list[Path]:
     return sorted(d for d in found if not NOT_PIPELINES & set(d.relative_to(REPO).parts))
 
 
-def is_upstream_checkpoint(name_or_path: str) -> bool:
-    """A path into another pipeline of this repo (`../pretrain/models/best`), not a hub name."""
-    return name_or_path.startswith("../")
-
-
 def expected_dvc_yaml(pipeline_dir: Path) -> str:
-    prefix = "../" * len(pipeline_dir.relative_to(REPO).parts)
-    text = (REPO / "dvc.yaml").read_text().replace("      - bertops/", f"      - {prefix}bertops/")
-    params = yaml.safe_load((pipeline_dir / "params.yaml").read_text())
-    if is_upstream_checkpoint(str(params["model"]["name_or_path"])):
-        assert text.count(TRAIN_DEPS) == 1, "dvc.yaml's train stage no longer starts as expected"
-        text = text.replace(TRAIN_DEPS, TRAIN_DEPS + UPSTREAM_DEP)
-    return text
+    return pipeline_dvc_yaml(pipeline_dir, REPO)
 
 
 def with_stage_deps(text: str) -> str:

@@ -296,6 +296,47 @@ def test_predict_cli_prints_label_and_probability(trained, capsys):
     assert ours[-1]["probability"] == pytest.approx(expected, abs=1e-4)
 
 
+def test_predict_from_the_model_uri_alone_reads_csv_and_jsonl_and_writes_every_probability(trained, tmp_path,
+                                                                                          monkeypatch, capsys):
+    """No params.yaml: the model's MLmodel says its task; --file reads a CSV or nested JSONL column; --output
+    writes CSV with one probability column per class, or JSONL; options go after the command."""
+    import csv
+
+    from bertops.cli import main
+
+    params, layout, _, _ = trained
+    uri = tracking.tracking_uri(params, layout.root)
+    model = f"models:/{params.registry.model_name}@champion"
+    monkeypatch.chdir(tmp_path)  # no params.yaml here
+    texts = ["the movie was great and charming", "the film was awful and boring"]
+    (tmp_path / "in.csv").write_text("id,review\n" + "".join(f'{i},"{t}"\n' for i, t in enumerate(texts)))
+    assert main(["predict", "--model-uri", model, "--tracking-uri", uri, "--file", "in.csv", "--text-column",
+                 "review", "--output", "out.csv"]) == 0
+    rows = list(csv.DictReader((tmp_path / "out.csv").open()))
+    assert [r["label"] for r in rows] == ["positive", "negative"] and [r["text"] for r in rows] == texts
+    assert {"probability", "probabilities.negative", "probabilities.positive"} <= set(rows[0])
+    assert all(abs(float(r["probabilities.negative"]) + float(r["probabilities.positive"]) - 1) < 1e-3 for r in rows)
+    # the same numbers as predict in the project, with its params
+    ours = predict(None, texts, None, layout.params, layout.root)
+    assert [round(float(r["probability"]), 4) for r in rows] == [r["probability"] for r in ours]
+
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps({"review": {"body": t}}) + "\n" for t in texts))
+    assert main(["predict", "--file", "in.jsonl", "--text-column", "review.body", "--output", "out.jsonl",
+                 "--model-uri", model, "--tracking-uri", uri]) == 0
+    lines = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [r["label"] for r in lines] == ["positive", "negative"] and set(lines[0]["probabilities"]) == {
+        "negative", "positive"}
+    capsys.readouterr()
+    # a missing column stops with the file and line, before the model loads
+    assert main(["predict", "--file", "in.csv", "--text-column", "body", "--model-uri", model,
+                 "--tracking-uri", uri]) == 2
+    assert "in.csv:2: missing field 'body'" in capsys.readouterr().err
+    # no params.yaml, no --tracking-uri, no MLFLOW_TRACKING_URI: say what is missing
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert main(["predict", "--model-uri", model, "fine"]) == 2
+    assert "--tracking-uri" in capsys.readouterr().err
+
+
 def test_predict_cli_unknown_model_is_a_clear_error(trained, capsys):
     from bertops.cli import main
 

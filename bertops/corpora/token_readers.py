@@ -1,5 +1,6 @@
-"""Read a token-classification corpus (CoNLL-style `token<TAB>tag` lines or JSONL with token and tag lists)
-into sentences, stopping at the first bad line with `file:line: what is wrong`."""
+"""Read a token-classification corpus (CoNLL-style `token<TAB>tag` lines, tab- or space-separated, any line
+endings; or JSONL with token and tag lists) into sentences, stopping at the first bad line with
+`file:line: what is wrong`. Tags are kept in the corpus's own scheme (BIO, BIOES, BMES or BILOU)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ from bertops.errors import CorpusError
 
 TOKEN_SUFFIX_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".conll": "conll", ".bio": "conll", ".iob": "conll",
                         ".txt": "conll"}
-SCHEME_PREFIXES = {"BIO": ("B", "I"), "BIOES": ("B", "I", "E", "S")}
+# each scheme's prefixes in span order: begin, inside, end, single (BMES: M = inside; BILOU: L = last, U = unit)
+SCHEME_PREFIXES = {"BIO": ("B", "I"), "BIOES": ("B", "I", "E", "S"), "BMES": ("B", "M", "E", "S"),
+                   "BILOU": ("B", "I", "L", "U")}
 
 
 @dataclass(frozen=True)
@@ -109,4 +112,4 @@ def read_token_examples(path: Path, *, fmt: str, encoding: str, tokens_column: s
 
 
 def entity_types(tags) -> list[str]:
-    return sorted({re.sub(r"^[BIES]-", "", t) for t in tags if t != "O"})
+    return sorted({re.sub(r"^[BIESMLU]-", "", t) for t in tags if t != "O"})

@@ -20,7 +20,7 @@ def _resolve(layout: Layout, name: str, field: str) -> Path:
     path = Path(name)
     if not path.is_absolute():
         path = layout.root / path
-    if not path.is_file():
+    if not path.exists():
         raise CorpusError(name, None, f"{field}: file not found")
     return path
 
@@ -60,7 +60,10 @@ def import_corpus(params: Params, layout: Layout) -> Path:
         # the family names the suffix, so that prepare reads the copy in the format the user meant
         suffix = task_of(params).raw_suffix(source, params.corpus)
         target = layout.raw_dir / f"corpus.{suffix}"
-        shutil.copyfile(source, target)
+        if source.is_dir():  # a folder corpus: its tree as it is (dotfiles and caches left behind)
+            shutil.copytree(source, target, ignore=shutil.ignore_patterns(".*", "__pycache__"))
+        else:
+            shutil.copyfile(source, target)
         log.info("imported %s into %s", source, target)
     if test_source is not None:
         test_target = layout.raw_dir / f"test.{task_of(params).raw_suffix(test_path, params.corpus)}"

@@ -19,7 +19,7 @@ from bertops.config import Params, flat_params, params_hash
 from bertops.errors import BertopsError
 from bertops.files import write_atomic
 from bertops.layout import Layout
-from bertops.modeling import load_tokenizer, resolve_model_path, save_trained
+from bertops.modeling import check_max_length, load_tokenizer, resolve_model_path, save_trained
 from bertops.tasks import task_of
 from bertops.training import distributed
 from bertops.training.data import FineTuneData
@@ -82,6 +82,18 @@ def task_data(family, params: Params, split_paths: dict, tokenizer, labels) -> F
                         max_train_examples=hp.max_train_examples, train_fraction=hp.train_fraction)
 
 
+def trainer_kwargs(params: Params) -> dict:
+    """The Lightning Trainer's arguments as the train stage sets them (benchmarks/train_speed.py uses them too)."""
+    hp = params.train
+    # strategy auto: one device, even on a machine with several GPUs (Lightning would pick them all)
+    devices = 1 if hp.strategy == "auto" and hp.devices == "auto" else hp.devices
+    return dict(max_epochs=hp.epochs, accelerator=hp.accelerator, devices=devices, num_nodes=hp.num_nodes,
+                strategy=distributed.lightning_strategy(hp.strategy), precision=auto_precision(hp.precision,
+                                                                                           hp.accelerator),
+                logger=False, use_distributed_sampler=False,  # FineTuneData splits the data itself
+                num_sanity_val_steps=0, enable_model_summary=False)
+
+
 def train(params: Params, layout: Layout, run_tags: dict[str, str] | None = None) -> dict | None:
     """Fine-tune; `run_tags` go on the MLflow run (a study passes `mlflow.parentRunId` to nest its runs). Returns the
     run's summary, or None in a training process other than rank zero."""
@@ -90,6 +102,7 @@ def train(params: Params, layout: Layout, run_tags: dict[str, str] | None = None
     L.seed_everything(hp.seed, workers=True, verbose=False)
     family = task_of(params)
     labels = json.loads(layout.labels_file.read_text())  # the label space prepare found (the family's format)
+    check_max_length(params.model.name_or_path, params.model.revision, params.model.max_length)
     tokenizer = load_tokenizer(params.model.name_or_path, params.model.revision)
     model, new_params = family.load_model(params, labels, tokenizer, layout)
     model, new_params = apply_strategy(model, new_params, params.finetune, family.name)
@@ -143,13 +156,9 @@ def train(params: Params, layout: Layout, run_tags: dict[str, str] | None = None
         callbacks.append(GradualUnfreezing(encoder_parts(model)))
     if hp.early_stopping_patience:
         callbacks.append(EarlyStopping(monitor=monitor, mode=mode, patience=hp.early_stopping_patience))
-    precision = auto_precision(hp.precision, hp.accelerator)
-    # strategy auto: one device, even on a machine with several GPUs (Lightning would pick them all)
-    devices = 1 if hp.strategy == "auto" and hp.devices == "auto" else hp.devices
-    trainer = L.Trainer(max_epochs=hp.epochs, accelerator=hp.accelerator, devices=devices, num_nodes=hp.num_nodes,
-                        strategy=distributed.lightning_strategy(hp.strategy), precision=precision,
-                        callbacks=callbacks, logger=False, use_distributed_sampler=False,  # FineTuneData splits
-                        num_sanity_val_steps=0, enable_model_summary=False, default_root_dir=str(work))
+    kwargs = trainer_kwargs(params)
+    precision = kwargs["precision"]
+    trainer = L.Trainer(**kwargs, callbacks=callbacks, default_root_dir=str(work))
     started = time.perf_counter()
     try:
         trainer.fit(module, datamodule=data, ckpt_path=str(last_ckpt) if resume else None)

@@ -80,6 +80,10 @@ class TaskFamily:
     intended_use: ClassVar[str] = ""
     raw_suffixes: ClassVar[tuple[str, ...]] = ("csv", "tsv", "jsonl")
     served_packages: ClassVar[tuple[str, ...]] = ()  # what `serve` imports beyond bertops.tasks.pyfunc's list
+    # the training schedule measured for this family where it differs from config.py's defaults (measured on MR),
+    # which `bertops init` writes into a new pipeline's params.yaml, with the note saying where it was measured
+    train_defaults: ClassVar[dict] = {}
+    train_defaults_note: ClassVar[str] = ""
 
     # ---- params ---------------------------------------------------------------------------------------------
     def check_params(self, params) -> None:
@@ -236,7 +240,10 @@ class TaskFamily:
         return [{column: row[column] for column in columns} for row in rows]  # other fields play no part
 
     # ---- bertops predict ------------------------------------------------------------------------------------
-    def predict_inputs(self, texts: list[str], pairs: bool) -> list[dict]:
+    def predict_inputs(self, texts: list, pairs: bool) -> list[dict]:
+        """`bertops predict`'s inputs as rows: texts, or pairs ("first<TAB>second" or a (first, second) tuple)."""
+        if not pairs and any(isinstance(t, tuple) for t in texts):
+            pairs = True  # a file's two columns (--pair-column) are pairs
         return split_pairs(texts) if pairs else [{"text": t} for t in texts]
 
     def predict(self, loaded, inputs: list[dict], params) -> list[dict]:
@@ -278,6 +285,9 @@ def split_pairs(texts: list[str]) -> list[dict]:
 
     inputs = []
     for i, text in enumerate(texts, start=1):
+        if isinstance(text, tuple):  # from a file's two columns (bertops.predict.read_inputs)
+            inputs.append({"text": text[0], "text_pair": text[1]})
+            continue
         first, sep, second = text.partition("\t")
         if not sep:
             raise BertopsError(f"predict: input {i} has no TAB between the two texts (a sentence pair, or "

@@ -20,21 +20,28 @@ class SequenceClassificationTask(TaskParamsBase):
     type: Literal["sequence_classification"] = "sequence_classification"
     metric: Literal["accuracy", "macro_f1"] = Field(
         "accuracy", description="selects the best epoch, stops early and gates promotion")
+    long_text: Literal["truncate", "head_tail"] = Field(
+        "truncate", description="a text longer than model.max_length: truncate keeps its first tokens; head_tail "
+                                "its first quarter and last three quarters (Sun et al. 2019); training, "
+                                "evaluation and the served model apply the same")
 
 
-def encode_text_rows(rows: list[dict], tokenizer, max_length: int, target) -> list[dict]:
+def encode_text_rows(rows: list[dict], tokenizer, max_length: int, target, long_text: str = "truncate") -> list[dict]:
     """Rows of a text (and a text pair: one sequence with [SEP] and segment ids, the longer side cut first) with
     `target(row)` as each feature's labels: what every [CLS]-head family trains on."""
+    from bertops.inference import encode_texts
+
     texts = [row["text"] for row in rows]
     pairs = [row["text_pair"] for row in rows] if rows and "text_pair" in rows[0] else None
-    enc = tokenizer(texts, pairs, truncation="longest_first", max_length=max_length)
+    enc = encode_texts(tokenizer, texts, pairs, max_length=max_length, long_text=long_text)
     return [{**{k: enc[k][i] for k in enc.keys()}, "labels": target(row)} for i, row in enumerate(rows)]
 
 
-def encode_sequences(rows: list[dict], tokenizer, labels: list[str], max_length: int) -> list[dict]:
+def encode_sequences(rows: list[dict], tokenizer, labels: list[str], max_length: int,
+                     long_text: str = "truncate") -> list[dict]:
     """One label per row."""
     label_ids = {label: i for i, label in enumerate(labels)}
-    return encode_text_rows(rows, tokenizer, max_length, lambda row: label_ids[row["label"]])
+    return encode_text_rows(rows, tokenizer, max_length, lambda row: label_ids[row["label"]], long_text)
 
 
 def classification_metrics(gold: list[int], pred: list[int], labels: list[str]) -> dict:
@@ -79,7 +86,7 @@ class SequenceClassification(TaskFamily):
                     "representation.")
 
     def prepare(self, params, layout) -> dict:
-        from bertops.corpora.readers import read_examples
+        from bertops.corpora.readers import label_order, read_examples
         from bertops.corpora.splitting import (SPLITS, deduplicate, hash_splits, share_report, text_key, text_row,
                                                write_labels, write_splits, write_stats)
         from bertops.errors import CorpusError
@@ -94,7 +101,7 @@ class SequenceClassification(TaskFamily):
                                  labels=corpus.labels, group_column=corpus.group_column)
 
         examples, dedup_stats = deduplicate(read(raw))
-        seen = sorted({ex.label for ex in examples})
+        seen = label_order(ex.label for ex in examples)
         if len(seen) < 2:
             raise CorpusError(raw, None, f"need at least 2 distinct labels, found {seen}")
         test_rows = deduplicate(read(fixed))[0] if fixed else None
@@ -112,7 +119,7 @@ class SequenceClassification(TaskFamily):
         })
 
     def encode(self, rows, tokenizer, labels, params):
-        return encode_sequences(rows, tokenizer, labels, params.model.max_length)
+        return encode_sequences(rows, tokenizer, labels, params.model.max_length, params.task.long_text)
 
     def build_module(self, model, new_params, params):
         from bertops.training.heads.sequence_classification import SequenceClassifier
@@ -126,7 +133,8 @@ class SequenceClassification(TaskFamily):
 
         model, tokenizer = self.load_for_scoring(layout)
         probs = predict_proba(model, tokenizer, [r["text"] for r in rows], row_pairs(rows),
-                              max_length=params.model.max_length, batch_size=params.train.eval_batch_size)
+                              max_length=params.model.max_length, batch_size=params.train.eval_batch_size,
+                              long_text=params.task.long_text)
         label_ids = {label: i for i, label in enumerate(labels)}
         gold = [label_ids[r["label"]] for r in rows]
         pred = probs.argmax(-1).tolist()
@@ -159,15 +167,18 @@ class SequenceClassification(TaskFamily):
         return float(f1_score(labels, [top] * len(labels), average="macro"))
 
     # ---- serving and predicting -------------------------------------------------------------------------------
+    def serve_config(self, params):
+        return {**super().serve_config(params), "long_text": params.task.long_text}
+
     def serve(self, model, tokenizer, rows, config):
         """The label and its probability, and every label's probability, scored as `score` scores the test split
-        (`predict_proba`, cut at model.max_length, the longer side of a pair first)."""
+        (`predict_proba`, cut at model.max_length by task.long_text, the longer side of a pair first)."""
         import pandas as pd
 
         from bertops.inference import predict_proba, row_pairs, top_labels
 
         probs = predict_proba(model, tokenizer, [r["text"] for r in rows], row_pairs(rows),
-                              max_length=config["max_length"])
+                              max_length=config["max_length"], long_text=config.get("long_text", "truncate"))
         names = [model.config.id2label[i] for i in range(model.config.num_labels)]
         top = top_labels(model, probs)
         return pd.DataFrame({"label": [label for label, _ in top], "probability": [p for _, p in top],
@@ -179,7 +190,8 @@ class SequenceClassification(TaskFamily):
 
             return classify(loaded, inputs, max_length=params.model.max_length,
                             bf16=auto_precision(params.train.precision, params.train.accelerator) == "bf16-mixed")
-        return [{**x, "label": r["label"], "probability": round(float(r["probability"]), 4)}
+        return [{**x, "label": r["label"], "probability": round(float(r["probability"]), 4),
+                 "probabilities": {k: round(float(v), 4) for k, v in r["probabilities"].items()}}
                 for x, r in zip(inputs, super().predict(loaded, inputs, params))]
 
     def format_row(self, row):

@@ -25,7 +25,10 @@ class TokenClassificationTask(TaskParamsBase):
 
     type: Literal["token_classification"]
     metric: Literal["f1"] = Field("f1", description="entity-level F1 (seqeval, strict span matching)")
-    tag_scheme: Literal["BIO", "BIOES"] = Field("BIO", description="how tags mark entity spans")
+    tag_scheme: Literal["BIO", "BIOES", "BMES", "BILOU"] = Field(
+        "BIO", description="how tags mark entity spans: BIO; BIOES (E = end, S = single); BMES (M = inside, "
+                           "common for Chinese NER); BILOU (L = last, U = unit). Tags are learned and served as "
+                           "the corpus writes them")
     unk_warn_ratio: float = Field(
         0.01, ge=0, le=1, description="prepare warns when more than this share of words contain [UNK] pieces")
     add_unknown_tokens: bool = Field(
@@ -55,8 +58,8 @@ def encode_words(rows: list[dict], tokenizer, labels: list[str], max_length: int
 
 
 def tag_order(tags) -> list[str]:
-    """O first, then each entity type's tags in scheme order (B, I, E, S)."""
-    rank = {"B": 0, "I": 1, "E": 2, "S": 3}
+    """O first, then each entity type's tags in span order (B, I/M, E/L, S/U)."""
+    rank = {"B": 0, "I": 1, "M": 1, "E": 2, "L": 2, "S": 3, "U": 3}
     others = sorted({t for t in tags if t != "O"}, key=lambda t: (t[2:], rank.get(t[0], 9)))
     return ["O", *others]
 
@@ -91,6 +94,10 @@ class TokenClassification(TaskFamily):
     class_table_key = "per_type"
     class_kind = "entity type"
     served_packages = ("seqeval",)  # entity spans (bertops.ner_metrics)
+    # pipelines/wnut-ner: 3 epochs left entity F1 at 0.10-0.19; 15 let the linear decay finish (README "Measured",
+    # benchmarks/results/wnut-schedule-cpu-2026-11-23.json)
+    train_defaults = {"epochs": 15, "lr": 1e-4, "head_lr": 1e-3, "warmup_ratio": 0.1, "early_stopping_patience": 5}
+    train_defaults_note = "measured on WNUT-16 NER (pipelines/wnut-ner)"
     intended_use = ("Tags every word of a sentence with an entity type (whole-word entities, read at each word's "
                     "first sub-token).")
 

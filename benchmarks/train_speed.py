@@ -1,0 +1,296 @@
+"""Training speed, side by side in one process and taking turns: bertops's train-stage path against HF Trainer
+(its defaults, and bertops's recipe) and a plain PyTorch loop, on the real MR split at its natural lengths and on
+fixed-length synthetic data.
+
+    python benchmarks/train_speed.py                       # CPU: every runner, MR + fixed length, 2 rounds
+    python benchmarks/train_speed.py --sentences 640 --rounds 1 --runners bertops hf-trainer-same-recipe
+
+Runners (the `runner` key of each row):
+- bertops: the train stage's own objects: `task_data` (FineTuneData: encoded once, length-grouped batches, the
+  family's collator), `family.build_module` (FineTuner: AdamW with bias correction, warmup + linear decay,
+  clipping) and a Lightning Trainer with the stage's arguments (`trainer_kwargs`);
+- hf-trainer: `transformers.Trainer` as its docs run it: batch 32, random order, DataCollatorWithPadding;
+- hf-trainer-same-recipe: Trainer with bertops's batch size, `train_sampling_strategy="group_by_length"`,
+  learning-rate schedule, clipping, precision and loader workers;
+- plain: a plain PyTorch loop over the same length-grouped batches (AdamW, clipping, the schedule).
+
+Each runner trains a fresh copy of the model (params.yaml's model.name_or_path: the packaged MiniLM) on the same
+`--sentences` training sentences; the first `--warmup` steps are not timed. Rows: sentences/s, real (non-pad)
+tokens/s, and seconds per MR epoch at that speed; `ratio_vs_*` compare runners of one round and data set.
+Results go to benchmarks/results/<host>-<date>.json (the host's CPU model or GPU name).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import json
+import platform
+import random
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# ---- data ----------------------------------------------------------------------------------------------------
+def prepared_mr(params_path: Path, workdir: Path):
+    """The MR corpus imported and prepared as `dvc repro` does (same params, same split), in `workdir`."""
+    from bertops.config import load_params
+    from bertops.layout import Layout
+    from bertops.stages.import_corpus import import_corpus
+    from bertops.stages.prepare import prepare
+
+    params = load_params(params_path)
+    source = Path(params.corpus.source)
+    if not source.is_absolute():
+        source = (params_path.parent / source).resolve()
+    params = params.model_copy(update={"corpus": params.corpus.model_copy(update={"source": str(source)})})
+    layout = Layout(workdir)
+    import_corpus(params, layout)
+    prepare(params, layout)
+    return params, layout
+
+
+def fixed_length_rows(n: int, tokenizer, length: int) -> list[dict]:
+    """Texts that encode to exactly `length` tokens (random vocabulary words), with random labels."""
+    rng = random.Random(0)
+    words = [w for w in tokenizer.get_vocab() if w.isalpha() and len(w) > 3][:5000]
+    rows = []
+    for i in range(n):
+        text = " ".join(rng.choice(words) for _ in range(length))
+        ids = tokenizer(text, truncation=True, max_length=length)["input_ids"]
+        rows.append({"text": tokenizer.decode(ids[1:-1]), "label": rng.choice(["negative", "positive"])})
+    return rows
+
+
+class CountingCollator:
+    """Wraps a collator and counts the real (attention-mask) tokens and sentences of every batch it forms."""
+
+    def __init__(self, inner):
+        self.inner, self.tokens, self.sentences = inner, 0, 0
+
+    def __call__(self, features):
+        batch = self.inner(features)
+        self.tokens += int(batch["attention_mask"].sum())
+        self.sentences += int(batch["attention_mask"].shape[0])
+        return batch
+
+
+class Clock:
+    """Wall time from the end of step `warmup` to the end of the last step."""
+
+    def __init__(self, warmup: int):
+        self.warmup, self.start, self.end, self.counted = warmup, None, None, (0, 0)
+
+    def step_end(self, step: int, counter: CountingCollator):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        if step == self.warmup:
+            self.start, self.counted = time.perf_counter(), (counter.sentences, counter.tokens)
+        self.end = time.perf_counter()
+
+    def rates(self, counter: CountingCollator) -> tuple[float, float, float]:
+        seconds = self.end - self.start
+        sentences, tokens = counter.sentences - self.counted[0], counter.tokens - self.counted[1]
+        return sentences / seconds, tokens / seconds, seconds
+
+
+# ---- runners -------------------------------------------------------------------------------------------------
+def run_bertops(params, rows_path: Path, steps: int, warmup: int) -> tuple[float, float, float]:
+    import lightning as L
+
+    from bertops.modeling import load_tokenizer
+    from bertops.stages.train import task_data, trainer_kwargs
+    from bertops.tasks import task_of
+
+    family = task_of(params)
+    labels = json.loads((rows_path.parent / "labels.json").read_text())
+    tokenizer = load_tokenizer(params.model.name_or_path, params.model.revision)
+    L.seed_everything(params.train.seed, verbose=False)
+    model, new_params = family.load_model(params, labels, tokenizer, None)
+    data = task_data(family, params, {"train": rows_path, "val": rows_path}, tokenizer, labels)
+    data.collate = counter = CountingCollator(data.collate)
+    module = family.build_module(model, new_params, params)
+    clock = Clock(warmup)
+
+    class Tick(L.Callback):
+        def on_train_batch_end(self, trainer, *args):
+            clock.step_end(trainer.global_step, counter)
+
+    kwargs = {**trainer_kwargs(params), "max_epochs": -1}
+    trainer = L.Trainer(**kwargs, max_steps=steps, callbacks=[Tick()], enable_checkpointing=False,
+                        enable_progress_bar=False, limit_val_batches=0)
+    trainer.fit(module, datamodule=data)
+    return clock.rates(counter)
+
+
+def _hf_features(params, rows_path: Path, tokenizer, labels):
+    from bertops.corpora.splitting import read_split
+    from bertops.tasks.sequence_classification import encode_sequences
+
+    rows = read_split(rows_path)
+    return encode_sequences(rows, tokenizer, labels, params.model.max_length)
+
+
+def run_hf(params, rows_path: Path, steps: int, warmup: int, same_recipe: bool) -> tuple[float, float, float]:
+    from transformers import (AutoModelForSequenceClassification, DataCollatorWithPadding, Trainer, TrainerCallback,
+                              TrainingArguments)
+
+    from bertops.modeling import load_tokenizer, resolve_model_path
+    from bertops.training.module import auto_precision
+
+    labels = json.loads((rows_path.parent / "labels.json").read_text())
+    tokenizer = load_tokenizer(params.model.name_or_path, params.model.revision)
+    features = _hf_features(params, rows_path, tokenizer, labels)
+    torch.manual_seed(params.train.seed)
+    model = AutoModelForSequenceClassification.from_pretrained(resolve_model_path(params.model.name_or_path),
+                                                               num_labels=len(labels), dtype=torch.float32)
+    counter, clock = CountingCollator(DataCollatorWithPadding(tokenizer)), Clock(warmup)
+
+    class Tick(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            clock.step_end(state.global_step, counter)
+
+    hp = params.train
+    if same_recipe:
+        bf16 = auto_precision(hp.precision, hp.accelerator) == "bf16-mixed"
+        recipe = dict(per_device_train_batch_size=hp.batch_size, learning_rate=hp.lr, weight_decay=hp.weight_decay,
+                      warmup_steps=hp.warmup_ratio, max_grad_norm=hp.max_grad_norm, bf16=bf16,  # a float: a ratio
+                      use_cpu=not torch.cuda.is_available(), dataloader_num_workers=hp.num_workers,
+                      train_sampling_strategy="group_by_length")
+    else:
+        recipe = dict(per_device_train_batch_size=32, use_cpu=not torch.cuda.is_available())
+    with tempfile.TemporaryDirectory() as out:
+        args = TrainingArguments(output_dir=out, max_steps=steps, report_to=[], save_strategy="no",
+                                 logging_steps=10_000, disable_tqdm=True, seed=hp.seed, **recipe)
+        Trainer(model=model, args=args, train_dataset=features, data_collator=counter, callbacks=[Tick()]).train()
+    return clock.rates(counter)
+
+
+def run_plain(params, rows_path: Path, steps: int, warmup: int) -> tuple[float, float, float]:
+    from torch.utils.data import DataLoader
+    from transformers import (AutoModelForSequenceClassification, DataCollatorWithPadding,
+                              get_linear_schedule_with_warmup)
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    from bertops.modeling import load_tokenizer, resolve_model_path
+
+    hp = params.train
+    labels = json.loads((rows_path.parent / "labels.json").read_text())
+    tokenizer = load_tokenizer(params.model.name_or_path, params.model.revision)
+    features = _hf_features(params, rows_path, tokenizer, labels)
+    torch.manual_seed(hp.seed)
+    model = AutoModelForSequenceClassification.from_pretrained(resolve_model_path(params.model.name_or_path),
+                                                               num_labels=len(labels), dtype=torch.float32)
+    model.train()
+    sampler = LengthGroupedSampler(hp.batch_size, lengths=[len(f["input_ids"]) for f in features],
+                                   generator=torch.Generator().manual_seed(hp.seed))
+    counter, clock = CountingCollator(DataCollatorWithPadding(tokenizer)), Clock(warmup)
+    loader = DataLoader(features, batch_size=hp.batch_size, sampler=sampler, collate_fn=counter)
+    opt = torch.optim.AdamW(model.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+    schedule = get_linear_schedule_with_warmup(opt, int(hp.warmup_ratio * steps), steps)
+    step = 0
+    while step < steps:
+        for batch in loader:
+            loss = model(**batch).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), hp.max_grad_norm)
+            opt.step()
+            schedule.step()
+            opt.zero_grad(set_to_none=True)
+            step += 1
+            clock.step_end(step, counter)
+            if step == steps:
+                break
+    return clock.rates(counter)
+
+
+RUNNERS = {
+    "bertops": run_bertops,
+    "hf-trainer": lambda *a: run_hf(*a, same_recipe=False),
+    "hf-trainer-same-recipe": lambda *a: run_hf(*a, same_recipe=True),
+    "plain": run_plain,
+}
+
+
+def host_name() -> str:
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0).replace(" ", "-").lower()
+    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), platform.processor() or "cpu")
+    return f"cpu-{model.split()[0].lower()}-{torch.get_num_threads()}t"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--params", type=Path, default=REPO / "params.yaml")
+    ap.add_argument("--runners", nargs="+", default=list(RUNNERS), choices=list(RUNNERS))
+    ap.add_argument("--data", nargs="+", default=["mr", "fixed"], choices=["mr", "fixed"])
+    ap.add_argument("--sentences", type=int, default=1280, help="timed training sentences per runner")
+    ap.add_argument("--warmup", type=int, default=5, help="steps before the clock starts")
+    ap.add_argument("--fixed-length", type=int, default=64)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--out", type=Path)
+    args = ap.parse_args()
+
+    rows_out = []
+    with tempfile.TemporaryDirectory(prefix="bertops-speed-") as tmp:
+        params, layout = prepared_mr(args.params, Path(tmp) / "mr")
+        train_path = layout.split("train")
+        epoch_sentences = sum(1 for _ in train_path.open())
+        from bertops.modeling import load_tokenizer
+
+        tokenizer = load_tokenizer(params.model.name_or_path, params.model.revision)
+        data_paths = {"mr": train_path}
+        if "fixed" in args.data:
+            fixed = Path(tmp) / "fixed" / "train.jsonl"
+            fixed.parent.mkdir(parents=True)
+            n = args.sentences + (args.warmup + 2) * 32
+            fixed.write_text("".join(json.dumps(r) + "\n" for r in fixed_length_rows(n, tokenizer, args.fixed_length)))
+            (fixed.parent / "labels.json").write_text(json.dumps(["negative", "positive"]))
+            data_paths["fixed"] = fixed
+        for round_ in range(1, args.rounds + 1):
+            for data in args.data:
+                for runner in args.runners:
+                    batch = 32 if runner == "hf-trainer" else params.train.batch_size
+                    steps = args.warmup + args.sentences // batch
+                    sps, tps, seconds = RUNNERS[runner](params, data_paths[data], steps, args.warmup)
+                    row = {"runner": runner, "data": data, "round": round_, "batch_size": batch,
+                           "timed_steps": steps - args.warmup, "sentences_per_s": round(sps, 1),
+                           "real_tokens_per_s": round(tps, 1), "timed_seconds": round(seconds, 2),
+                           "s_per_mr_epoch": round(epoch_sentences / sps, 1) if data == "mr" else None,
+                           "threads": torch.get_num_threads(), "torch": torch.__version__,
+                           "date": datetime.date.today().isoformat()}
+                    print(json.dumps(row), flush=True)
+                    rows_out.append(row)
+                    gc.collect()
+    best = {}
+    for row in rows_out:
+        key = (row["data"], row["runner"])
+        best[key] = max(best.get(key, 0), row["sentences_per_s"])
+    summary = []
+    for data in args.data:
+        base = {r: best.get((data, r)) for r in args.runners}
+        for runner in args.runners:
+            entry = {"data": data, "runner": runner, "best_sentences_per_s": base[runner]}
+            for other in ("hf-trainer", "hf-trainer-same-recipe"):
+                if other in base and other != runner and base[other]:
+                    entry[f"ratio_vs_{other}"] = round(base[runner] / base[other], 2)
+            summary.append(entry)
+            print(json.dumps(entry), flush=True)
+    out = args.out or REPO / "benchmarks" / "results" / f"{host_name()}-{datetime.date.today().isoformat()}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"command": "python benchmarks/train_speed.py " + " ".join(
+        f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
+        for k, v in vars(args).items() if k not in ("params", "out")), "rows": rows_out, "best": summary},
+        indent=1) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
