@@ -84,11 +84,16 @@ def _load(model_uri: str, transformers_flavor: bool):
         raise BertopsError(f"cannot load {model_uri}: {exc.message}") from None
 
 
-def _load_registered(model_uri: str | None, params, root: Path, tracking_uri: str | None = None):
-    """The registered model (default: the champion of registry.model_name). Returns (model, uri)."""
+def _locate(model_uri: str | None, params, root: Path, tracking_uri: str | None):
+    """Connect to the registry and read the registered model's MLmodel: (uri, family, transformers_flavor)."""
     _connect(params, root, tracking_uri)
     uri = _model_uri(model_uri, params)
-    _, transformers_flavor = _registered_family(uri, params)
+    return (uri, *_registered_family(uri, params))
+
+
+def _load_registered(model_uri: str | None, params, root: Path, tracking_uri: str | None = None):
+    """The registered model (default: the champion of registry.model_name). Returns (model, uri)."""
+    uri, _, transformers_flavor = _locate(model_uri, params, root, tracking_uri)
     return _load(uri, transformers_flavor), uri
 
 
@@ -105,9 +110,7 @@ def registered_predictions(model_uri: str | None, inputs: list[str | tuple[str, 
                            pairs: bool = False, tracking_uri: str | None = None) -> tuple[object, list[dict]]:
     """The registered model's predictions for each input; returns (the task family, the rows it prints)."""
     params = _project_params(params_path, model_uri)
-    _connect(params, root, tracking_uri)
-    uri = _model_uri(model_uri, params)
-    family, transformers_flavor = _registered_family(uri, params)
+    uri, family, transformers_flavor = _locate(model_uri, params, root, tracking_uri)
     rows = family.predict_inputs(inputs, pairs)  # bad input stops before the model loads
     return family, family.predict(_load(uri, transformers_flavor), rows, params)
 
