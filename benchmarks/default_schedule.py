@@ -8,6 +8,8 @@ the validation history over several seeds; the test column is for reporting.
 
     python benchmarks/default_schedule.py --out benchmarks/results/schedule-cpu.json \
         --schedule 'lr=3e-5,warmup_ratio=0.1' --schedule 'lr=5e-5' --seeds 0 1 2
+    python benchmarks/default_schedule.py --project pipelines/spam-long --out benchmarks/results/long-text.json \
+        --schedule task.long_text=truncate --schedule task.long_text=head_tail --seeds 0 1 2
 """
 
 from __future__ import annotations
@@ -20,23 +22,20 @@ from pathlib import Path
 
 import yaml
 
-from bertops.config import parse_params
+from bertops.config import apply_overrides, parse_assignments, parse_params
 from bertops.layout import Layout
 from bertops.stages.evaluate import evaluate
 from bertops.stages.train import train
 
 
 def parse_schedule(text: str) -> dict:
-    out = {}
-    for item in filter(None, text.split(",")):
-        key, value = item.split("=", 1)
-        out[key.strip()] = yaml.safe_load(value)
-    return out
+    return parse_assignments(text)
 
 
 def run_one(project: Path, scratch: Path, overrides: dict, seed: int) -> dict:
     raw = yaml.safe_load((project / "params.yaml").read_text())
-    raw["train"].update(overrides, seed=seed, resume=False)
+    apply_overrides(raw, overrides)  # `lr` is train.lr; a dotted key names its section (task.long_text)
+    raw["train"].update(seed=seed, resume=False)
     raw["tracking"]["uri"] = f"sqlite:///{scratch / 'mlflow.db'}"
     local_model = project / raw["model"]["name_or_path"]
     if local_model.exists():  # a path relative to the project (e.g. a chained pretrain's ../pretrain/models/best)
@@ -62,7 +61,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--project", type=Path, default=Path("."))
     parser.add_argument("--scratch", type=Path, default=Path("/tmp/bertops-schedule"))
-    parser.add_argument("--schedule", action="append", required=True, help="k=v,k=v overrides of train.*")
+    parser.add_argument("--schedule", action="append", required=True, help="k=v,k=v overrides of train.* (a dotted key names another section: task.long_text=head_tail)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()

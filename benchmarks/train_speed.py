@@ -17,7 +17,9 @@ Runners (the `runner` key of each row):
 Each runner trains a fresh copy of the model (params.yaml's model.name_or_path: the packaged MiniLM) on the same
 `--sentences` training sentences; the first `--warmup` steps are not timed. Rows: sentences/s, real (non-pad)
 tokens/s, and seconds per MR epoch at that speed; `ratio_vs_*` compare runners of one round and data set.
-Results go to benchmarks/results/<host>-<date>.json (the host's CPU model or GPU name).
+Results go to benchmarks/results/<host>-<date>.json (the host's CPU model or GPU name; -2, -3 ... for later runs
+of the day). `--variant NAME:section.key=value` adds an A/B row of the bertops runner with params changed (a lever
+against the default), e.g. `--variant pad8:train.pad_to_multiple_of=8 --variant compile:train.compile=true`.
 """
 
 from __future__ import annotations
@@ -86,6 +88,7 @@ class Clock:
 
     def __init__(self, warmup: int):
         self.warmup, self.start, self.end, self.counted = warmup, None, None, (0, 0)
+        self.created = time.perf_counter()  # the untimed warmup (setup, the first steps, any compilation)
 
     def step_end(self, step: int, counter: CountingCollator):
         if torch.cuda.is_available():
@@ -94,14 +97,14 @@ class Clock:
             self.start, self.counted = time.perf_counter(), (counter.sentences, counter.tokens)
         self.end = time.perf_counter()
 
-    def rates(self, counter: CountingCollator) -> tuple[float, float, float]:
+    def rates(self, counter: CountingCollator) -> tuple[float, float, float, float]:
         seconds = self.end - self.start
         sentences, tokens = counter.sentences - self.counted[0], counter.tokens - self.counted[1]
-        return sentences / seconds, tokens / seconds, seconds
+        return sentences / seconds, tokens / seconds, seconds, self.start - self.created
 
 
 # ---- runners -------------------------------------------------------------------------------------------------
-def run_bertops(params, rows_path: Path, steps: int, warmup: int) -> tuple[float, float, float]:
+def run_bertops(params, rows_path: Path, steps: int, warmup: int):
     import lightning as L
 
     from bertops.modeling import load_tokenizer
@@ -137,7 +140,7 @@ def _hf_features(params, rows_path: Path, tokenizer, labels):
     return encode_sequences(rows, tokenizer, labels, params.model.max_length)
 
 
-def run_hf(params, rows_path: Path, steps: int, warmup: int, same_recipe: bool) -> tuple[float, float, float]:
+def run_hf(params, rows_path: Path, steps: int, warmup: int, same_recipe: bool):
     from transformers import (AutoModelForSequenceClassification, DataCollatorWithPadding, Trainer, TrainerCallback,
                               TrainingArguments)
 
@@ -172,7 +175,7 @@ def run_hf(params, rows_path: Path, steps: int, warmup: int, same_recipe: bool) 
     return clock.rates(counter)
 
 
-def run_plain(params, rows_path: Path, steps: int, warmup: int) -> tuple[float, float, float]:
+def run_plain(params, rows_path: Path, steps: int, warmup: int):
     from torch.utils.data import DataLoader
     from transformers import (AutoModelForSequenceClassification, DataCollatorWithPadding,
                               get_linear_schedule_with_warmup)
@@ -218,6 +221,21 @@ RUNNERS = {
 }
 
 
+def parse_variant(text: str) -> tuple[str, dict]:
+    """`name:train.key=value,...` -> (name, {"train.key": parsed value})."""
+    from bertops.config import parse_assignments
+
+    name, _, assignments = text.partition(":")
+    overrides = parse_assignments(assignments)
+    if not name or not overrides:
+        raise SystemExit(f"--variant {text!r}: write NAME:section.key=value[,section.key=value]")
+    return name, overrides
+
+
+def label(row: dict) -> str:
+    return f"{row['runner']}+{row['variant']}" if row.get("variant") else row["runner"]
+
+
 def host_name() -> str:
     if torch.cuda.is_available():
         return torch.cuda.get_device_name(0).replace(" ", "-").lower()
@@ -235,8 +253,13 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=5, help="steps before the clock starts")
     ap.add_argument("--fixed-length", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=VALUE[,KEY=VALUE]",
+                    help="an A/B row of the bertops runner with params overridden, e.g. "
+                         "pad8:train.pad_to_multiple_of=8 (repeatable; rows carry `variant`)")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
+    variants = dict(parse_variant(v) for v in args.variant)
+    from bertops.config import with_overrides
 
     rows_out = []
     with tempfile.TemporaryDirectory(prefix="bertops-speed-") as tmp:
@@ -254,15 +277,20 @@ def main() -> None:
             fixed.write_text("".join(json.dumps(r) + "\n" for r in fixed_length_rows(n, tokenizer, args.fixed_length)))
             (fixed.parent / "labels.json").write_text(json.dumps(["negative", "positive"]))
             data_paths["fixed"] = fixed
+        plan = [(r, None) for r in args.runners] + [("bertops", v) for v in variants]
         for round_ in range(1, args.rounds + 1):
             for data in args.data:
-                for runner in args.runners:
+                for runner, variant in plan:
                     batch = 32 if runner == "hf-trainer" else params.train.batch_size
                     steps = args.warmup + args.sentences // batch
-                    sps, tps, seconds = RUNNERS[runner](params, data_paths[data], steps, args.warmup)
-                    row = {"runner": runner, "data": data, "round": round_, "batch_size": batch,
+                    run_params = with_overrides(params, variants[variant]) if variant else params
+                    sps, tps, seconds, warm_s = RUNNERS[runner](run_params, data_paths[data], steps, args.warmup)
+                    row = {"runner": runner, **({"variant": variant, "overrides": variants[variant]}
+                                                if variant else {}),
+                           "data": data, "round": round_, "batch_size": batch,
                            "timed_steps": steps - args.warmup, "sentences_per_s": round(sps, 1),
                            "real_tokens_per_s": round(tps, 1), "timed_seconds": round(seconds, 2),
+                           "warmup_seconds": round(warm_s, 2),
                            "s_per_mr_epoch": round(epoch_sentences / sps, 1) if data == "mr" else None,
                            "threads": torch.get_num_threads(), "torch": torch.__version__,
                            "date": datetime.date.today().isoformat()}
@@ -271,19 +299,24 @@ def main() -> None:
                     gc.collect()
     best = {}
     for row in rows_out:
-        key = (row["data"], row["runner"])
+        key = (row["data"], label(row))
         best[key] = max(best.get(key, 0), row["sentences_per_s"])
     summary = []
+    names = [*args.runners, *(f"bertops+{v}" for v in variants)]
     for data in args.data:
-        base = {r: best.get((data, r)) for r in args.runners}
-        for runner in args.runners:
+        base = {r: best.get((data, r)) for r in names}
+        for runner in names:
             entry = {"data": data, "runner": runner, "best_sentences_per_s": base[runner]}
-            for other in ("hf-trainer", "hf-trainer-same-recipe"):
+            for other in ("hf-trainer", "hf-trainer-same-recipe", "bertops"):
                 if other in base and other != runner and base[other]:
                     entry[f"ratio_vs_{other}"] = round(base[runner] / base[other], 2)
             summary.append(entry)
             print(json.dumps(entry), flush=True)
     out = args.out or REPO / "benchmarks" / "results" / f"{host_name()}-{datetime.date.today().isoformat()}.json"
+    for n in range(2, 100):  # a second run on the same day and host gets its own file, never overwrites the first
+        if args.out or not out.exists():
+            break
+        out = out.with_name(f"{host_name()}-{datetime.date.today().isoformat()}-{n}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"command": "python benchmarks/train_speed.py " + " ".join(
         f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"

@@ -92,6 +92,12 @@ class TrainParams(_Section):
         "auto", description="auto = one device; ddp = one process per device (DistributedDataParallel)")
     num_nodes: int = Field(1, ge=1, description="machines (README: Training on several GPUs)")
     length_grouping: bool = Field(True, description="batch examples of similar length (less padding)")
+    pad_to_multiple_of: int | Literal["auto"] = Field(
+        "auto", description="pad a training batch's length up to a multiple of this; auto = 8 on a GPU (tensor "
+                            "cores), 1 (no extra padding) on a CPU (docs/performance.md)")
+    compile: bool | Literal["auto"] = Field(
+        "auto", description="torch.compile the model for training (inductor; dynamic shapes); auto = off "
+                            "(docs/performance.md has the A/B rows)")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes")
     max_train_examples: int | None = Field(None, ge=1, description="train on a random subset of N examples (seeded by train.seed)")
     train_fraction: float = Field(1.0, gt=0, le=1, description="train on a random share of the training split "
@@ -104,6 +110,13 @@ class TrainParams(_Section):
         if several and self.strategy == "auto":
             raise ValueError(f"strategy: auto trains on one device; devices: {self.devices} / num_nodes: "
                              f"{self.num_nodes} need strategy ddp (allowed: auto, ddp)")
+        return self
+
+    @model_validator(mode="after")
+    def _pad_multiple_positive(self):
+        if self.pad_to_multiple_of != "auto" and self.pad_to_multiple_of < 1:
+            raise ValueError(f"pad_to_multiple_of must be auto or at least 1 (1 = no extra padding), got "
+                             f"{self.pad_to_multiple_of}")
         return self
 
     @model_validator(mode="after")
@@ -249,6 +262,31 @@ def parse_params(raw: dict, source: str = PARAMS_FILE) -> Params:
     except ValidationError as exc:
         lines = [_describe(e) for e in exc.errors()]
         raise ParamsError(f"{source}: invalid params:\n  " + "\n  ".join(lines)) from None
+
+
+def parse_assignments(text: str) -> dict:
+    """`section.key=value,key=value` (what benchmarks and studies take on the command line) -> {dotted key: value},
+    each value read as YAML (`1.0e-4`, `true`, `[a, b]`)."""
+    out = {}
+    for item in filter(None, text.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ParamsError(f"{text!r}: write section.key=value[,section.key=value]")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def apply_overrides(raw: dict, overrides: dict, default_section: str = "train") -> dict:
+    """The raw params with `section.key` (or a bare `key` of `default_section`) values replaced, in place."""
+    for key, value in overrides.items():
+        section, _, field = key.rpartition(".")
+        raw.setdefault(section or default_section, {})[field] = value
+    return raw
+
+
+def with_overrides(params: Params, overrides: dict) -> Params:
+    """Validated params with `section.key` values replaced (a bad value stops with the field named)."""
+    return parse_params(apply_overrides(params.model_dump(mode="json"), overrides))
 
 
 def load_params(path: str | Path = PARAMS_FILE) -> Params:

@@ -84,11 +84,16 @@ def load_classifier(name_or_path: str, labels: list[str], revision: str | None =
     return load_with_head(name_or_path, family.auto_model, revision, **family.head_kwargs(labels))
 
 
-def add_tokens(model, tokenizer, tokens: list[str]) -> int:
-    """Add tokens the vocabulary lacks (e.g. characters it maps to [UNK]) and grow the embeddings to match."""
+def add_tokens(model, tokenizer, tokens: list[str], pad_to_multiple_of: int | None = 8,
+               mean_resizing: bool = True) -> int:
+    """Add tokens the vocabulary lacks (e.g. characters it maps to [UNK]) and grow the embeddings to match. The new
+    rows are drawn around the mean embedding (mean_resizing, transformers' default), or by the model's own
+    initializer. A masked LM passes pad_to_multiple_of=None: its tied decoder predicts a row for every
+    embedding, and a padding row is no token."""
     added = tokenizer.add_tokens(tokens)
     if added:
-        model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=8)
+        model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=pad_to_multiple_of,
+                                      mean_resizing=mean_resizing)
         log.info("added %d tokens to the vocabulary: %s", added, "".join(tokens[:50]))
     return added
 

@@ -35,7 +35,8 @@ def current_champion(client: MlflowClient, name: str):
 
 
 def read_predictions(path: Path) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    with Path(path).open() as fh:  # lines end at \n only (a text may hold U+2028, which splitlines would cut at)
+        return [json.loads(line) for line in fh if line.strip()]
 
 
 def version_evidence(client: MlflowClient, mv) -> Evidence:

@@ -131,9 +131,10 @@ def _prepared_texts(layout) -> list[str]:
     path = layout.prepared_dir / "train.jsonl"
     if not path.is_file():
         return []
+    from bertops.corpora.splitting import read_split
+
     texts = []
-    for line in path.read_text().splitlines():
-        row = json.loads(line)
+    for row in read_split(path):
         text = row.get("text") or " ".join(row.get("tokens", [])) or row.get("context", "")
         if text:
             texts.append(text)

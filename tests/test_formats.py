@@ -126,6 +126,34 @@ def test_a_bad_nested_field_names_the_line(tmp_path):
     assert "corpus.jsonl:2: missing field 'review.body'" in message, message
 
 
+def test_jsonl_lines_end_at_newline_only(tmp_path):
+    """json.dumps(ensure_ascii=False) writes U+2028, U+0085 and \\x1c unescaped; str.splitlines cuts at them."""
+    texts = ["a line\u2028separator", "next\x85line", "file\x1cseparator", "plain"]
+    (tmp_path / "corpus.jsonl").write_text("".join(json.dumps({"text": t, "label": "a"}, ensure_ascii=False) + "\n"
+                                                   for t in texts))
+    examples = read_examples(tmp_path / "corpus.jsonl", fmt="auto", encoding="utf-8", text_column="text",
+                             label_column="label")
+    assert [ex.text for ex in examples] == texts
+    assert [ex.line for ex in examples] == [1, 2, 3, 4]
+
+
+def test_an_email_reads_as_its_subject_and_body():
+    """The SpamAssassin converter's text: Subject + the body (plain part first, else HTML without its tags),
+    transfer encodings undone, routing headers dropped."""
+    from bertops.corpora.packaged import email_text
+
+    multipart = ("From: a@b.example\nReceived: from mx.relay.example by relay\nSubject: Cheap =?utf-8?q?caf=C3=A9?=\n"
+                 "MIME-Version: 1.0\nContent-Type: multipart/alternative; boundary=XX\n\n--XX\n"
+                 "Content-Type: text/html; charset=utf-8\nContent-Transfer-Encoding: quoted-printable\n\n"
+                 "<p>Buy <b>now</b> =E2=80=94 50% off</p><style>p{color:red}</style>\n--XX--\n")
+    text = email_text(multipart)
+    assert text.startswith("Cheap café\n\n") and "Buy now — 50% off" in text, text
+    assert "relay" not in text and "<" not in text and "color" not in text
+    plain = ("Subject: Re: build\nContent-Type: multipart/alternative; boundary=YY\n\n--YY\n"
+             "Content-Type: text/plain\n\nThe build is green.\n--YY\nContent-Type: text/html\n\n<p>html</p>\n--YY--\n")
+    assert email_text(plain) == "Re: build\n\nThe build is green."
+
+
 # ---- token classification: CoNLL as written, four tag schemes ----------------------------------------------------
 BIOES = [["S-PER", "O", "B-ORG", "I-ORG", "E-ORG"], ["B-LOC", "E-LOC", "O"]]
 TRANSLATE = {"BMES": {"I": "M"}, "BILOU": {"E": "L", "S": "U"}, "BIOES": {}}

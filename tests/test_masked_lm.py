@@ -18,12 +18,12 @@ from bertops.mlm.masking import IGNORE_INDEX, MaskingCollator, encode_texts, mas
 from bertops.modeling import load_tokenizer
 from conftest import FILLER, POSITIVE, tiny_params, write_tiny_bert
 
-NAME = "zorblax"  # the made-up name the cloze test teaches
+NAME = "zorblax"  # the made-up name the cloze test teaches: not in the vocabulary, added by task.new_tokens
 
 
 @pytest.fixture(scope="module")
 def tiny_mlm_model(tmp_path_factory):
-    return write_tiny_bert(tmp_path_factory.mktemp("tiny-mlm-bert"), [*POSITIVE, *FILLER, "directed", "by", NAME])
+    return write_tiny_bert(tmp_path_factory.mktemp("tiny-mlm-bert"), [*POSITIVE, *FILLER, "directed", "by"])
 
 
 def test_token_masking_rates():
@@ -95,6 +95,9 @@ def test_replacement_shares_are_validated(tiny_mlm_model):
     raw["task"].update(mask_replace_prob=0.95, random_replace_prob=0.1)
     with pytest.raises(ParamsError, match="mask_replace_prob \\+ random_replace_prob must be at most 1"):
         parse_params(raw)
+    raw["task"].update(mask_replace_prob=0.8, new_tokens=[NAME, "two words"])
+    with pytest.raises(ParamsError, match="task.*new_tokens\\[1\\]: 'two words' is not one word"):
+        parse_params(raw)
 
 
 def cloze_corpus(n: int, seed: int = 0) -> list[str]:
@@ -121,19 +124,23 @@ def test_mlm_pipeline_teaches_a_new_name_and_registers_fill_mask(tmp_path, tiny_
     (root / "domain.txt").write_text("\n".join(cloze_corpus(400)) + "\n\n")
     raw = tiny_params(tiny_mlm_model, corpus__source="domain.txt", task__type="masked_lm",
                       task__metric="perplexity", registry__model_name="tiny-mlm")
-    raw["task"]["masking"] = "whole_word"
+    raw["task"].update(masking="whole_word", new_tokens=[NAME])
     raw["train"].update(epochs=40, early_stopping_patience=None, lr=5e-3)
     (root / "params.yaml").write_text(yaml.safe_dump(raw))
     params, layout = parse_params(raw), Layout(root)
     import_corpus(params, layout)
     assert prepare(params, layout)["texts"] == 400
+    vocab_size = len(load_tokenizer(str(tiny_mlm_model)))
+    assert load_tokenizer(str(tiny_mlm_model)).tokenize(NAME) == ["[UNK]"]
     train(params, layout)
+    saved = load_tokenizer(str(layout.model_dir))
+    assert saved.tokenize(f"directed by {NAME.capitalize()}") == ["directed", "by", NAME]
+    assert len(saved) == vocab_size + 1
     curve = [line.split(",") for line in (root / "reports" / "plots" / "val_metrics.csv").read_text().splitlines()]
     assert curve[0] == ["epoch", "step", "val_loss", "val_perplexity", "val_accuracy"]
     perplexities = [float(row[3]) for row in curve[1:]]
     assert min(perplexities) < perplexities[0] / 2
     metrics = evaluate(params, layout)
-    vocab_size = len(load_tokenizer(str(tiny_mlm_model)))
     assert metrics["perplexity"] < vocab_size / 5, metrics
     assert register(params, layout)["decision"] == "champion"
 

@@ -33,6 +33,8 @@ def test_repo_params_are_valid():
     ("train", "adam_betas", [0.9, 1.5], "adam_betas[1] must be in [0, 1)"),
     ("train", "strategy", "deepspeed", "train.strategy: Input should be 'auto' or 'ddp'"),
     ("train", "devices", 2, "devices: 2 / num_nodes: 1 need strategy ddp"),
+    ("train", "pad_to_multiple_of", 0, "pad_to_multiple_of must be auto or at least 1"),
+    ("train", "compile", "maybe", "train.compile.bool: Input should be a valid boolean"),
 ])
 def test_bad_param_names_field_and_allowed(section, key, value, expected):
     raw = repo_params()
@@ -105,3 +107,28 @@ def test_one_source_of_defaults_an_empty_section_gets_the_measured_recipe():
     assert Params.model_fields["task"].default is None  # filled by the default family's own defaults
     assert parse_params({k: v for k, v in raw.items() if k != "task"}).task == full.task
     assert full.train.epochs == 3 and full.train.batch_size == 16
+
+
+@pytest.mark.parametrize("setting,cpu,gpu", [("auto", None, 8), (8, 8, 8), (1, None, None)])
+def test_pad_multiple_follows_the_hardware(tiny_model_dir, monkeypatch, setting, cpu, gpu):
+    """auto pads training batches to the longest on a CPU (docs/performance.md: pad-to-8 cost 10-17 % per step
+    there) and to a multiple of 8 on a GPU; every family's collator takes it."""
+    import torch
+
+    from bertops.modeling import load_tokenizer
+    from bertops.tasks import get_task
+    from bertops.training.module import auto_pad_multiple
+    from conftest import tiny_params
+
+    raw = tiny_params(tiny_model_dir)
+    raw["train"]["pad_to_multiple_of"] = setting
+    params = parse_params(raw)
+    for has_gpu, expected in ((False, cpu), (True, gpu)):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: has_gpu)
+        assert auto_pad_multiple(params.train) == expected
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    features = [{"input_ids": tokenizer("the movie was great")["input_ids"], "label": 0},
+                {"input_ids": tokenizer("great")["input_ids"], "label": 1}]
+    batch = get_task("sequence_classification").collators(tokenizer, params).train(features)
+    assert batch["input_ids"].shape[1] == (6 if cpu is None else 8)  # [CLS] 4 words [SEP]

@@ -118,7 +118,9 @@ def _records(path: Path, fmt: str, encoding: str):
         return
     text = _decode(path, encoding)
     if fmt == "jsonl":
-        for lineno, line in enumerate(text.splitlines(), start=1):
+        # JSON Lines ends a line at \n only: str.splitlines would also cut at U+2028, U+0085 or \x1c, which a
+        # JSON string may hold unescaped (json.dumps(..., ensure_ascii=False) writes them as they are)
+        for lineno, line in enumerate(text.split("\n"), start=1):
             if not line.strip():
                 continue
             try:

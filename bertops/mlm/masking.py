@@ -79,8 +79,8 @@ class MaskingCollator:
     versions and growing corpora."""
 
     def __init__(self, tokenizer, *, probability: float, masking: str, replace_prob: float, random_prob: float,
-                 span_mean: float, seed: int, fixed: bool = False):
-        self.tokenizer, self.fixed, self.seed = tokenizer, fixed, seed
+                 span_mean: float, seed: int, fixed: bool = False, pad_to_multiple_of: int | None = 8):
+        self.tokenizer, self.fixed, self.seed, self.multiple = tokenizer, fixed, seed, pad_to_multiple_of or 1
         self.options = dict(probability=probability, masking=masking, replace_prob=replace_prob,
                             random_prob=random_prob, span_mean=span_mean, mask_id=tokenizer.mask_token_id,
                             vocab_size=len(tokenizer))
@@ -97,7 +97,7 @@ class MaskingCollator:
             ids, labels = mask_example(f["input_ids"], f["word_ids"], f["special_tokens_mask"], rng,
                                        random_pool=self.random_pool, **self.options)
             rows.append((ids, labels, f))
-        width = -(-max(len(r[0]) for r in rows) // 8) * 8
+        width = -(-max(len(r[0]) for r in rows) // self.multiple) * self.multiple
         pad = self.tokenizer.pad_token_id
         batch = {"input_ids": [], "attention_mask": [], "labels": []}
         has_types = "token_type_ids" in features[0]

@@ -127,7 +127,9 @@ class TaskFamily:
     def collators(self, tokenizer, params) -> Collators:
         from transformers import DataCollatorWithPadding
 
-        return Collators(DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8))
+        from bertops.training.module import auto_pad_multiple
+
+        return Collators(DataCollatorWithPadding(tokenizer, pad_to_multiple_of=auto_pad_multiple(params.train)))
 
     def build_module(self, model, new_params: set[str], params):
         raise NotImplementedError

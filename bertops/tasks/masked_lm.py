@@ -4,6 +4,7 @@ model.name_or_path of a fine-tune; the served model (bertops/tasks/pyfunc.py) fi
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from typing import Literal
 
@@ -14,6 +15,8 @@ from transformers import AutoModelForMaskedLM
 
 from bertops.tasks.base import Collators, Scored, TaskFamily, TaskParamsBase
 from bertops.modeling import IGNORE_INDEX
+
+log = logging.getLogger(__name__)
 
 
 class MaskedLMTask(TaskParamsBase):
@@ -31,6 +34,22 @@ class MaskedLMTask(TaskParamsBase):
     span_mean_length: float = Field(3.0, ge=1, le=10, description="mean span length in words (masking: span)")
     mask_seed: int = Field(0, ge=0, description="seed of the fixed validation and test masks (with the example's "
                                                 "text): versions compare only when it and the masking agree")
+    new_tokens: list[str] = Field(
+        [], description="words added to the vocabulary as whole tokens before training (a made-up name the corpus "
+                        "teaches, which WordPiece would split into pieces)")
+    new_token_init: Literal["model", "mean"] = Field(
+        "model", description="the new tokens' embedding rows: model = the model's own initializer, as pretraining "
+                             "starts a token; mean = a draw around the mean embedding (transformers' default for "
+                             "resizing); docs/cloze.md compares them")
+
+    @model_validator(mode="after")
+    def _new_tokens_are_words(self):
+        for i, token in enumerate(self.new_tokens):
+            if not token or token != token.strip() or len(token.split()) != 1 or MASK in token:
+                raise ValueError(f"new_tokens[{i}]: {token!r} is not one word (no spaces, not {MASK})")
+        if len(set(self.new_tokens)) != len(self.new_tokens):
+            raise ValueError(f"new_tokens lists a word twice: {self.new_tokens}")
+        return self
 
     @model_validator(mode="after")
     def _replacement_shares(self):
@@ -79,9 +98,10 @@ MASK = "[MASK]"  # how a served request and `bertops predict` write the masked w
 
 
 @torch.inference_mode()
-def fill_masks(model, tokenizer, texts: list[str], *, max_length: int, top_k: int) -> list[list[dict]]:
-    """Each text's top-k fillers of its one [MASK] (tokens and probabilities). A text longer than max_length
-    sub-tokens is cut to the max_length-token window centred on the mask (the model saw no longer inputs)."""
+def mask_logits(model, tokenizer, texts: list[str], *, max_length: int):
+    """(index, logits over the tokenizer's vocabulary) of each text's one [MASK], in length-sorted order. A text
+    longer than max_length sub-tokens is cut to the max_length-token window centred on the mask (the model saw no
+    longer inputs). Embedding rows beyond the tokenizer's vocabulary (padding from a resize) are no fillers."""
     from functools import partial
 
     from bertops.inference import outputs_by_length
@@ -98,13 +118,19 @@ def fill_masks(model, tokenizer, texts: list[str], *, max_length: int, top_k: in
         input_ids = ids[:head] + inner[start:start + room] + ids[tail:]
         features.append({"input_ids": input_ids, "attention_mask": [1] * len(input_ids)})
         positions.append(input_ids.index(tokenizer.mask_token_id))
-    out: list[list[dict]] = [[] for _ in texts]
+    vocab = len(tokenizer)
     for idx, result in outputs_by_length(model, features, partial(tokenizer.pad, return_tensors="pt"), 64):
         for row, i in enumerate(idx):
-            probs = torch.softmax(result.logits[row, positions[i]].float(), dim=-1)
-            values, ids = probs.topk(top_k)
-            out[i] = [{"token": tokenizer.decode([t]).strip(), "probability": float(v)}
-                      for t, v in zip(ids.tolist(), values.tolist())]
+            yield i, result.logits[row, positions[i], :vocab].float()
+
+
+def fill_masks(model, tokenizer, texts: list[str], *, max_length: int, top_k: int) -> list[list[dict]]:
+    """Each text's top-k fillers of its one [MASK] (tokens and probabilities), as mask_logits windows it."""
+    out: list[list[dict]] = [[] for _ in texts]
+    for i, logits in mask_logits(model, tokenizer, texts, max_length=max_length):
+        values, ids = torch.softmax(logits, dim=-1).topk(top_k)
+        out[i] = [{"token": tokenizer.decode([t]).strip(), "probability": float(v)}
+                  for t, v in zip(ids.tolist(), values.tolist())]
     return out
 
 
@@ -168,6 +194,21 @@ class MaskedLanguageModeling(TaskFamily):
             "splits": {name: {"texts": len(part), "words": sum(len(t.split()) for _, t in part)}
                        for name, part in splits.items()}})
 
+    def load_model(self, params, labels, tokenizer, layout):
+        from bertops.modeling import add_tokens
+
+        model, new_params = super().load_model(params, labels, tokenizer, layout)
+        new_tokens = params.task.new_tokens
+        if new_tokens:
+            for token in new_tokens:
+                pieces = tokenizer.tokenize(token)
+                if len(pieces) == 1 and tokenizer.convert_tokens_to_ids(pieces[0]) != tokenizer.unk_token_id:
+                    log.info("task.new_tokens: %r is already one token of the vocabulary", token)
+            # the tied decoder grows with the embeddings; the new rows train at train.lr
+            add_tokens(model, tokenizer, list(new_tokens), pad_to_multiple_of=None,
+                       mean_resizing=params.task.new_token_init == "mean")
+        return model, new_params
+
     def encode(self, rows, tokenizer, labels, params):
         from bertops.mlm.masking import encode_texts
 
@@ -175,8 +216,9 @@ class MaskedLanguageModeling(TaskFamily):
 
     def collators(self, tokenizer, params):
         from bertops.mlm.masking import MaskingCollator
+        from bertops.training.module import auto_pad_multiple
 
-        options = params.task.masking_options()
+        options = {**params.task.masking_options(), "pad_to_multiple_of": auto_pad_multiple(params.train)}
         # training masks are drawn afresh for every batch; validation masks are fixed per example
         return Collators(MaskingCollator(tokenizer, seed=params.train.seed, **options),
                          MaskingCollator(tokenizer, seed=params.task.mask_seed, fixed=True, **options))

@@ -33,8 +33,8 @@ class QuestionCollator:
     """Pads model inputs and drops the decoding-only fields; for training and validation it keeps the answer
     positions and each window's index (validation decodes by it), for inference (`inputs_only`) neither."""
 
-    def __init__(self, tokenizer, inputs_only: bool = False):
-        self.pad = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8)
+    def __init__(self, tokenizer, inputs_only: bool = False, pad_to_multiple_of: int | None = 8):
+        self.pad = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=pad_to_multiple_of)
         self.drop = {"example_index", "offset_mapping"}
         if inputs_only:
             self.drop |= {"feature_index", "start_positions", "end_positions"}
@@ -116,7 +116,9 @@ class QuestionAnswering(TaskFamily):
         return encode_questions(rows, tokenizer, params.model.max_length, params.task.doc_stride)
 
     def collators(self, tokenizer, params):
-        return Collators(QuestionCollator(tokenizer))
+        from bertops.training.module import auto_pad_multiple
+
+        return Collators(QuestionCollator(tokenizer, pad_to_multiple_of=auto_pad_multiple(params.train)))
 
     def build_module(self, model, new_params, params):
         from bertops.training.heads.question_answering import QuestionAnswerer

@@ -171,7 +171,10 @@ class TokenClassification(TaskFamily):
         return encode_words(rows, tokenizer, labels, params.model.max_length)
 
     def collators(self, tokenizer, params):
-        return Collators(DataCollatorForTokenClassification(tokenizer, pad_to_multiple_of=8))
+        from bertops.training.module import auto_pad_multiple
+
+        return Collators(DataCollatorForTokenClassification(tokenizer,
+                                                            pad_to_multiple_of=auto_pad_multiple(params.train)))
 
     def build_module(self, model, new_params, params):
         from bertops.training.heads.token_classification import TokenClassifier

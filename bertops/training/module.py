@@ -24,6 +24,11 @@ class FineTuner(L.LightningModule):
         if finetune.encoder == "frozen":  # a fixed feature extractor: no dropout inside the encoder either
             self.model.base_model.eval()  # Lightning keeps these modes (it restores them after validation)
 
+    def setup(self, stage):
+        if auto_compile(self.hp) and not getattr(self.model, "_compiled_call_impl", None):
+            # in place: the state dict keeps its keys, so checkpoints and save_pretrained are unchanged
+            self.model.compile(dynamic=True)
+
     def forward(self, batch):
         return self.model(**batch)
 
@@ -72,6 +77,25 @@ def cpu_has_bf16_matmul() -> bool:
     """Whether this CPU multiplies bf16 matrices in hardware (Intel AMX tiles), where bf16 autocast pays off."""
     probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
     return bool(probe and probe())
+
+
+def on_gpu(accelerator: str = "auto") -> bool:
+    return accelerator in ("auto", "gpu") and torch.cuda.is_available()
+
+
+def auto_pad_multiple(train: TrainParams) -> int | None:
+    """What training batches are padded up to a multiple of (None = the batch's longest): `auto` = 8 on a GPU,
+    where tensor cores want it, none on a CPU, where the extra pad tokens are only extra work (measured:
+    docs/performance.md)."""
+    setting = train.pad_to_multiple_of
+    if setting == "auto":
+        return 8 if on_gpu(train.accelerator) else None
+    return setting if setting > 1 else None
+
+
+def auto_compile(train: TrainParams) -> bool:
+    """Whether training runs the model through torch.compile; `auto` = off (docs/performance.md: the A/B rows)."""
+    return train.compile is True
 
 
 def auto_precision(precision: str, accelerator: str = "auto") -> str:
