@@ -42,7 +42,8 @@ class Evidence:
         return cls(metric=metrics["metric"], value=float(metrics[metrics["metric"]]), test_split=test_split,
                    predictions=predictions, class_f1={label: float(s["f1"]) for label, s in table.items()},
                    class_support={label: int(s["support"]) for label, s in table.items() if "support" in s},
-                   comparable=dict(comparable or {}))
+                   # as the version tags store them (rescoring.compare_tags): 0.15 and the champion's "0.15" agree
+                   comparable={k: str(v) for k, v in (comparable or {}).items()})
 
 
 @dataclass(frozen=True)

@@ -108,6 +108,28 @@ def test_a_champion_that_could_not_be_scored_or_masked_otherwise_is_not_compared
     assert not decision.promote and "task.masking token -> whole_word: not comparable" in decision.reason
 
 
+def test_the_same_masking_compares_as_the_register_stage_builds_it():
+    """The challenger's comparable params come from the family (floats); the champion's from its version tags
+    (strings): equal values must agree, or no masked LM could ever replace its first champion."""
+    from bertops.rescoring import compare_tags, compared_params
+    from bertops.tasks import get_task
+
+    from pathlib import Path
+
+    from bertops.config import load_params
+
+    params = load_params(Path(__file__).resolve().parents[1] / "pipelines" / "cloze-name" / "params.yaml")
+    family = MLM
+    metrics = {"metric": "perplexity", "perplexity": 7.7}
+    rows = [{"line": i, "masked_tokens": 2, "loss_sum": 1.0, "correct_tokens": 1, "correct": False} for i in range(40)]
+    challenger = Evidence.from_reports(metrics, rows, "s1", comparable=family.comparable_params(params))
+    champion = Evidence.from_reports({**metrics, "perplexity": 11.3}, rows, "s1",
+                                     comparable=compared_params(compare_tags(family, params)))
+    decision = decide(challenger, champion, "1", REGISTRY, MLM)
+    assert "not comparable" not in decision.reason, decision.reason
+    assert decision.champion_value == 11.3
+
+
 def test_champion_without_per_example_results_blocks_automatic_promotion():
     champion = Evidence("accuracy", 0.5, "s1", None)
     decision = decide(classified([True] * 40), champion, "1", REGISTRY, SEQ)

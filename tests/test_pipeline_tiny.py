@@ -161,7 +161,12 @@ def test_scoring_server_serves_what_evaluate_scored(trained):
     from conftest import FILLER
 
     params, layout, _, _ = trained
-    register(params, layout)  # the same version the tests above registered (registering is idempotent per run)
+    first = register(params, layout)  # the same version the tests above registered (registering is idempotent per run)
+    card = layout.reports_dir / "model_card.md"
+    before = card.read_text()
+    card.unlink()  # as `dvc repro` does before it re-runs the stage
+    again = register(params, layout)
+    assert again["already_registered"] and again["version"] == first["version"] and card.read_text() == before
     tracking.configure(params, layout)
     info = mlflow.models.get_model_info(f"models:/{params.registry.model_name}@champion")
     assert set(info.flavors) == {"python_function"}  # a model from code: nothing unpickled

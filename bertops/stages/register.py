@@ -176,6 +176,8 @@ def register(params: Params, layout: Layout) -> dict:
         log.info("%s v%s was already registered from run %s (%s): nothing to do", name, mv.version, run_id,
                  mv.tags["bertops.decision"])
         result = already_registered(name, mv, run_id)
+        # `dvc repro` removes a stage's outputs before it runs: write both back (the card is the version's text)
+        (layout.reports_dir / "model_card.md").write_text(mv.description or "")
         layout.registration_file.write_text(json.dumps(result, indent=1) + "\n")
         return result
     if mv is None:
