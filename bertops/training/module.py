@@ -103,6 +103,6 @@ def auto_precision(precision: str, accelerator: str = "auto") -> str:
     docs/studies.md, cpu-precision-mr); 32-true otherwise."""
     if precision != "auto":
         return precision
-    if accelerator in ("auto", "gpu") and torch.cuda.is_available():
+    if on_gpu(accelerator):
         return "bf16-mixed" if torch.cuda.is_bf16_supported() else "32-true"
     return "bf16-mixed" if cpu_has_bf16_matmul() else "32-true"
