@@ -203,7 +203,7 @@ def test_missing_model_is_a_clear_error(tmp_path, tiny_project):
     assert not (tiny_project / "mlflow.db").exists()  # failed before any run was created
 
 
-def test_killed_training_resumes_from_last_checkpoint(tiny_project, tmp_path_factory):
+def test_killed_training_resumes_from_last_checkpoint(tiny_project, tiny_model_no_dropout_dir, tmp_path_factory):
     """SIGKILL the train stage mid-epoch after its first epoch checkpoint; re-running it continues the same MLflow
     run from that epoch, with the data order the uninterrupted run had: without dropout, the same weights and the
     same train_loss at every step as a run that was never killed."""
@@ -217,12 +217,8 @@ def test_killed_training_resumes_from_last_checkpoint(tiny_project, tmp_path_fac
     import yaml
     from safetensors.torch import load_file
 
-    from conftest import FILLER, NEGATIVE, POSITIVE, write_tiny_bert
-
-    no_dropout = write_tiny_bert(tmp_path_factory.mktemp("tiny-bert-no-dropout"), [*POSITIVE, *NEGATIVE, *FILLER],
-                                 dropout=0.0)
     raw = yaml.safe_load((tiny_project / "params.yaml").read_text())
-    raw["model"]["name_or_path"] = str(no_dropout)
+    raw["model"]["name_or_path"] = str(tiny_model_no_dropout_dir)
     raw["train"].update({"epochs": 30, "early_stopping_patience": None})  # long enough to be killed midway
     (tiny_project / "params.yaml").write_text(yaml.safe_dump(raw))
     never_killed = tmp_path_factory.mktemp("never-killed")
