@@ -236,11 +236,16 @@ def test_killed_training_resumes_from_last_checkpoint(tiny_project, tiny_model_n
         assert proc.poll() is None, "training ended before it could be killed"
         time.sleep(0.05)
     time.sleep(0.5)  # let the checkpoint file be completely written
+    # metrics reach MLflow through the spool's background shipper: kill once the first epoch's point has landed
+    # (with bytecode-compiled imports a 0.5 s wait killed it before anything was shipped)
+    state = json.loads(next((tiny_project / ".bertops").rglob("state.json")).read_text())
+    tracking.configure(params, layout)
+    while time.time() < deadline and not MlflowClient().get_metric_history(state["run_id"], "val_accuracy"):
+        assert proc.poll() is None, "training ended before it could be killed"
+        time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    state = json.loads(next((tiny_project / ".bertops").rglob("state.json")).read_text())
     assert not layout.model_dir.exists()
-    tracking.configure(params, layout)
     before_kill = len(MlflowClient().get_metric_history(state["run_id"], "val_accuracy"))
     assert 1 <= before_kill < 30
 
