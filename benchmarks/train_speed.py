@@ -241,7 +241,8 @@ def host_name() -> str:
         return torch.cuda.get_device_name(0).replace(" ", "-").lower()
     model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                   if line.startswith("model name")), platform.processor() or "cpu")
-    return f"cpu-{model.split()[0].lower()}-{torch.get_num_threads()}t"
+    vendor = "".join(c for c in model.split()[0].lower() if c.isalnum())  # "Intel(R)" -> "intelr"
+    return f"cpu-{vendor}-{torch.get_num_threads()}t"
 
 
 def main() -> None:

@@ -8,6 +8,7 @@ import lightning as L
 import torch
 
 from bertops.config import FinetuneParams, TrainParams
+from bertops.training import fast_dropout
 from bertops.training.optim import build_optimizer, build_schedule, param_groups
 from bertops.training.encoder_parts import encoder_parts
 
@@ -23,6 +24,8 @@ class FineTuner(L.LightningModule):
         self.model.train()
         if finetune.encoder == "frozen":  # a fixed feature extractor: no dropout inside the encoder either
             self.model.base_model.eval()  # Lightning keeps these modes (it restores them after validation)
+        if auto_fast_dropout(train_params):
+            fast_dropout.install(self.model)  # no weights: checkpoints and the eval-mode model are unchanged
 
     def setup(self, stage):
         if auto_compile(self.hp) and not getattr(self.model, "_compiled_call_impl", None):
@@ -96,6 +99,14 @@ def auto_pad_multiple(train: TrainParams) -> int | None:
 def auto_compile(train: TrainParams) -> bool:
     """Whether training runs the model through torch.compile; `auto` = off (docs/performance.md: the A/B rows)."""
     return train.compile is True
+
+
+def auto_fast_dropout(train: TrainParams) -> bool:
+    """Whether training uses bertops.training.fast_dropout: `auto` = on a CPU, where torch draws a 32-bit number
+    per dropped-or-kept element (measured: docs/performance.md); off on a GPU, whose dropout is one fused kernel."""
+    if train.fast_dropout == "auto":
+        return not on_gpu(train.accelerator)
+    return train.fast_dropout
 
 
 def auto_precision(precision: str, accelerator: str = "auto") -> str:

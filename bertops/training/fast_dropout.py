@@ -1,0 +1,106 @@
+"""A cheaper dropout for CPU training (`train.fast_dropout`).
+
+On a CPU, torch's dropout draws one 32-bit Mersenne-Twister number per element (`bernoulli_`), and on MiniLM at
+batch 16 those draws were a quarter of a training step's operator time (docs/performance.md). Here one 64-bit draw
+makes the keep/drop decisions of four elements (16 bits each): the drop probability is p rounded to a multiple of
+1/65,536 (0.1 -> 0.1000061) and the kept values are scaled by 1/(1 - that p), so the output's expectation is the
+input, as with torch's dropout. The masks come from torch's default generator, so `torch.manual_seed` and
+Lightning's seeding make them repeatable.
+
+`install` swaps every `nn.Dropout` of a model for `FastDropout` (no weights: the state dict is unchanged) and, where
+the model's attention runs through transformers' attention interface (sdpa or eager), routes the attention
+probabilities' dropout through the same masks. In eval mode both are exactly the stock modules: evaluation, the
+saved checkpoint and the served model never see this module.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+ATTENTION = "bertops_fast_dropout"
+_RESOLUTION = 1 << 16
+
+
+def quantized_p(p: float) -> float:
+    """The drop probability the 16-bit masks realise for a requested p."""
+    return round(p * _RESOLUTION) / _RESOLUTION
+
+
+def keep_mask(shape: torch.Size, p: float, device: torch.device | str = "cpu") -> torch.Tensor:
+    """A boolean mask, True with probability 1 - quantized_p(p), four elements per 64-bit draw."""
+    n = 1
+    for size in shape:
+        n *= size
+    words = torch.empty((n + 3) // 4, dtype=torch.int64, device=device).random_(-(1 << 63), None)
+    threshold = round(p * _RESOLUTION) - (1 << 15)  # int16 values are uniform on [-32768, 32767]
+    return words.view(torch.int16)[:n].view(shape) >= threshold
+
+
+def fast_dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
+    if not training or p == 0.0:
+        return x
+    if p >= 1.0:
+        return x * 0.0
+    q = quantized_p(p)
+    return x * keep_mask(x.shape, p, x.device) * (1.0 / (1.0 - q))
+
+
+class FastDropout(nn.Dropout):
+    """nn.Dropout with the 16-bit masks above; the same `p`, no state."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return fast_dropout(x, self.p, self.training)
+
+
+def attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling: float | None = None,
+              **kwargs):
+    """transformers' attention-interface signature. Without dropout (eval, or p = 0) it is exactly sdpa; in
+    training it is eager attention (what SDPA itself runs on a CPU when dropout is on) with the cheaper masks."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    if not (module.training and dropout > 0.0):
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=0.0, scaling=scaling,
+                                      **kwargs)
+    if scaling is None:
+        scaling = query.size(-1) ** -0.5
+    weights = torch.matmul(query, key.transpose(2, 3)) * scaling
+    if attention_mask is not None:
+        if attention_mask.dtype == torch.bool:  # sdpa's mask: True = attend
+            weights = weights.masked_fill(~attention_mask, torch.finfo(weights.dtype).min)
+        else:
+            weights = weights + attention_mask
+    weights = fast_dropout(torch.softmax(weights, dim=-1), dropout)
+    return torch.matmul(weights, value).transpose(1, 2).contiguous(), None
+
+
+def _register() -> None:
+    from transformers import AttentionInterface, AttentionMaskInterface
+    from transformers.masking_utils import sdpa_mask
+
+    AttentionInterface.register(ATTENTION, attention)
+    AttentionMaskInterface.register(ATTENTION, sdpa_mask)
+
+
+def install(model: nn.Module) -> dict[str, int]:
+    """Swap the model's dropouts in place; returns what was swapped (for the run's log)."""
+    from transformers import PreTrainedModel
+
+    swapped = 0
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is nn.Dropout:
+                replacement = FastDropout(child.p, child.inplace)
+                replacement.train(child.training)
+                setattr(parent, name, replacement)
+                swapped += 1
+    attention_layers = 0
+    top = next((m for m in model.modules() if isinstance(m, PreTrainedModel)), None)
+    if top is not None and getattr(top.config, "_attn_implementation", None) in ("sdpa", "eager"):
+        _register()
+        try:
+            top.set_attn_implementation(ATTENTION)
+            attention_layers = 1
+        except (ValueError, NotImplementedError):  # a model outside the attention interface keeps its own
+            attention_layers = 0
+    return {"dropout_modules": swapped, "attention": attention_layers}
