@@ -8,7 +8,7 @@ input, as with torch's dropout. The masks come from torch's default generator, s
 Lightning's seeding make them repeatable.
 
 `install` swaps every `nn.Dropout` of a model for `FastDropout` (no weights: the state dict is unchanged) and, where
-the model's attention runs through transformers' attention interface (sdpa or eager), routes the attention
+the model's attention is transformers' sdpa, routes the attention
 probabilities' dropout through the same masks. In eval mode both are exactly the stock modules: evaluation, the
 saved checkpoint and the served model never see this module.
 """
@@ -22,9 +22,13 @@ ATTENTION = "bertops_fast_dropout"
 _RESOLUTION = 1 << 16
 
 
+def _dropped_of_resolution(p: float) -> int:
+    return round(p * _RESOLUTION)
+
+
 def quantized_p(p: float) -> float:
     """The drop probability the 16-bit masks realise for a requested p."""
-    return round(p * _RESOLUTION) / _RESOLUTION
+    return _dropped_of_resolution(p) / _RESOLUTION
 
 
 def keep_mask(shape: torch.Size, p: float, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -33,7 +37,7 @@ def keep_mask(shape: torch.Size, p: float, device: torch.device | str = "cpu") -
     for size in shape:
         n *= size
     words = torch.empty((n + 3) // 4, dtype=torch.int64, device=device).random_(-(1 << 63), None)
-    threshold = round(p * _RESOLUTION) - (1 << 15)  # int16 values are uniform on [-32768, 32767]
+    threshold = _dropped_of_resolution(p) - (1 << 15)  # int16 values are uniform on [-32768, 32767]
     return words.view(torch.int16)[:n].view(shape) >= threshold
 
 
@@ -83,7 +87,7 @@ def _register() -> None:
 
 
 def install(model: nn.Module) -> dict[str, int]:
-    """Swap the model's dropouts in place; returns what was swapped (for the run's log)."""
+    """Swap the model's dropouts in place; returns how many were swapped and whether attention was routed."""
     from transformers import PreTrainedModel
 
     swapped = 0
@@ -94,13 +98,14 @@ def install(model: nn.Module) -> dict[str, int]:
                 replacement.train(child.training)
                 setattr(parent, name, replacement)
                 swapped += 1
-    attention_layers = 0
+    routed = False
     top = next((m for m in model.modules() if isinstance(m, PreTrainedModel)), None)
-    if top is not None and getattr(top.config, "_attn_implementation", None) in ("sdpa", "eager"):
+    # only from sdpa: the routed attention's eval path is sdpa, so an eager model's eval would change
+    if top is not None and getattr(top.config, "_attn_implementation", None) == "sdpa":
         _register()
         try:
             top.set_attn_implementation(ATTENTION)
-            attention_layers = 1
+            routed = True
         except (ValueError, NotImplementedError):  # a model outside the attention interface keeps its own
-            attention_layers = 0
-    return {"dropout_modules": swapped, "attention": attention_layers}
+            pass
+    return {"dropout_modules": swapped, "attention": int(routed)}
