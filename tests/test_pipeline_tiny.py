@@ -1,6 +1,7 @@
 """The whole pipeline, stage by stage, on a tiny random-init BERT: training learns, metrics and plots are
 written, registration carries lineage, and the promotion gate moves `champion` only for a better model."""
 
+from collections import Counter
 import json
 
 import mlflow
@@ -240,24 +241,23 @@ def test_killed_training_resumes_from_last_checkpoint(tiny_project, tiny_model_n
 
     while_training(lambda: list((tiny_project / ".bertops").rglob("last.ckpt")))
     time.sleep(0.5)  # let the checkpoint file be completely written
-    # metrics reach MLflow through the spool's background shipper: kill once the first epoch's point has landed
-    # (with bytecode-compiled imports a 0.5 s wait killed it before anything was shipped)
-    state = json.loads(next((tiny_project / ".bertops").rglob("state.json")).read_text())
-    tracking.configure(params, layout)
-    while_training(lambda: MlflowClient().get_metric_history(state["run_id"], "val_accuracy"))
+    assert proc.poll() is None, "training ended before it could be killed"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert not layout.model_dir.exists()
-    before_kill = len(MlflowClient().get_metric_history(state["run_id"], "val_accuracy"))
-    assert 1 <= before_kill < 30
+    assert not layout.model_dir.exists()  # killed midway: nothing was exported
+    state = json.loads(next((tiny_project / ".bertops").rglob("state.json")).read_text())
 
     summary = train(params, layout)
     assert summary["run_id"] == state["run_id"]  # the same MLflow run continued
     tracking.configure(params, layout)
     history = MlflowClient().get_metric_history(summary["run_id"], "val_accuracy")
-    # every epoch validated; epochs after the checkpoint that was resumed from were redone (same steps again)
-    assert len({m.step for m in history}) == 30
-    assert len(history) < before_kill + 30  # resumed from a checkpoint, not restarted from epoch 0
+    # every epoch validated (a point per epoch, at its last global step), nothing the killed process logged was lost
+    # (its spool shipped on resume), and at most the one epoch after the last checkpoint was redone; a restart from
+    # scratch would redo the first epoch, whose checkpoint existed before the kill
+    logged = Counter(m.step for m in history)
+    assert len(logged) == 30
+    redone = sorted(step for step, count in logged.items() if count > 1)
+    assert len(redone) <= 1 and min(logged) not in redone and max(logged.values()) <= 2, logged
     assert summary["epochs_trained"] == 30
     assert not list((tiny_project / ".bertops").rglob("*.ckpt"))  # cleaned up after success
     resumed_loss = {}
