@@ -2,7 +2,7 @@
 the top operators (torch.profiler). MR batches of 16 in corpus order, bf16 autocast as `precision: auto` picks on
 an AMX CPU, fused AdamW as the train stage builds it.
 
-    python benchmarks/cpu_step_profile.py [--no-attention-dropout] [--steps 60]
+    python benchmarks/cpu_step_profile.py [--no-attention-dropout] [--torch-dropout] [--steps 60]
 """
 
 from __future__ import annotations
@@ -26,6 +26,9 @@ def main():
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--no-attention-dropout", action="store_true",
                     help="attention_probs_dropout_prob 0 (SDPA may then pick its fused CPU kernel)")
+    ap.add_argument("--torch-dropout", action="store_true",
+                    help="torch's own dropout (the train stage's default on a CPU is fast_dropout)")
+    ap.add_argument("--shapes", type=int, default=0, help="also list the N costliest operators by input shape")
     args = ap.parse_args()
 
     path = resolve_model_path(args.model)
@@ -34,9 +37,13 @@ def main():
     labels = sorted({r["label"] for r in rows})
     extra = {"attention_probs_dropout_prob": 0.0} if args.no_attention_dropout else {}
     model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=len(labels), **extra).train()
+    if not args.torch_dropout:
+        from bertops.training import fast_dropout
+
+        fast_dropout.install(model)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=5e-5, fused=True)
-    collate = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8)
+    collate = DataCollatorWithPadding(tokenizer)  # to the longest: the CPU default
     batches = []
     for i in range(0, len(rows), 16):
         chunk = rows[i:i + 16]
@@ -67,13 +74,16 @@ def main():
     for batch in batches[warmup:]:
         step(batch, times)
     n = len(batches) - warmup
-    print(json.dumps({"attention_dropout": not args.no_attention_dropout, "steps": n, "threads": torch.get_num_threads(),
+    print(json.dumps({"attention_dropout": not args.no_attention_dropout, "fast_dropout": not args.torch_dropout, "steps": n, "threads": torch.get_num_threads(),
                       "ms_per_step": {k: round(1000 * v / n, 1) for k, v in times.items()},
                       "total_ms_per_step": round(1000 * sum(times.values()) / n, 1)}))
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=bool(args.shapes)) as prof:
         for batch in batches[warmup:warmup + 10]:
             step(batch)
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
+    if args.shapes:
+        for e in sorted(prof.key_averages(group_by_input_shape=True), key=lambda e: -e.self_cpu_time_total)[:args.shapes]:
+            print(f"{e.key:28} {e.count:6} {e.self_cpu_time_total / 1000:9.1f} ms  {e.input_shapes}")
 
 
 if __name__ == "__main__":

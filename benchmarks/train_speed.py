@@ -18,8 +18,9 @@ Each runner trains a fresh copy of the model (params.yaml's model.name_or_path: 
 `--sentences` training sentences; the first `--warmup` steps are not timed. Rows: sentences/s, real (non-pad)
 tokens/s, and seconds per MR epoch at that speed; `ratio_vs_*` compare runners of one round and data set.
 Results go to benchmarks/results/<host>-<date>.json (the host's CPU model or GPU name; -2, -3 ... for later runs
-of the day). `--variant NAME:section.key=value` adds an A/B row of the bertops runner with params changed (a lever
-against the default), e.g. `--variant pad8:train.pad_to_multiple_of=8 --variant compile:train.compile=true`.
+of the day); on a GPU with a known peak, rows carry `mfu` too (model FLOPs: `model_flops_per_token`).
+`--variant NAME:section.key=value` adds an A/B row of the bertops runner with params changed (a lever against the
+default), e.g. `--variant pad8:train.pad_to_multiple_of=8 --variant compile:train.compile=true`.
 """
 
 from __future__ import annotations
@@ -71,16 +72,36 @@ def fixed_length_rows(n: int, tokenizer, length: int) -> list[dict]:
 
 
 class CountingCollator:
-    """Wraps a collator and counts the real (attention-mask) tokens and sentences of every batch it forms."""
+    """Wraps a collator and counts the real (attention-mask) tokens, the computed (padded) positions and the
+    sentences of every batch it forms."""
 
     def __init__(self, inner):
-        self.inner, self.tokens, self.sentences = inner, 0, 0
+        self.inner, self.tokens, self.positions, self.sentences = inner, 0, 0, 0
 
     def __call__(self, features):
         batch = self.inner(features)
         self.tokens += int(batch["attention_mask"].sum())
+        self.positions += batch["attention_mask"].numel()
         self.sentences += int(batch["attention_mask"].shape[0])
         return batch
+
+
+def padding_share(params, rows_path: Path) -> dict:
+    """One epoch of the bertops runner's training batches, formed and counted, not trained on: the share of the
+    computed positions that are padding, which bounds what packing sentences into rows could save."""
+    from bertops.modeling import load_tokenizer
+    from bertops.training.recipe import task_data
+    from bertops.tasks import task_of
+
+    labels = json.loads((rows_path.parent / "labels.json").read_text())
+    tokenizer = load_tokenizer(params.model.name_or_path, params.model.revision)
+    data = task_data(task_of(params), params, {"train": rows_path, "val": rows_path}, tokenizer, labels)
+    data.collate = counter = CountingCollator(data.collate)
+    data.setup("fit")
+    batches = sum(1 for _ in data.train_dataloader())
+    return {"batches": batches, "sentences": counter.sentences, "real_tokens": counter.tokens,
+            "computed_positions": counter.positions,
+            "padding_share": round(1 - counter.tokens / counter.positions, 4)}
 
 
 class Clock:
@@ -108,7 +129,7 @@ def run_bertops(params, rows_path: Path, steps: int, warmup: int):
     import lightning as L
 
     from bertops.modeling import load_tokenizer
-    from bertops.stages.train import task_data, trainer_kwargs
+    from bertops.training.recipe import task_data, trainer_kwargs
     from bertops.tasks import task_of
 
     family = task_of(params)
@@ -245,6 +266,34 @@ def host_name() -> str:
     return f"cpu-{vendor}-{torch.get_num_threads()}t"
 
 
+PEAK_BF16_TFLOPS = {"h100": 989.4, "h200": 989.4, "a100": 312.0, "l40s": 362.0}  # dense, SXM where both exist
+
+
+def peak_flops(override: float | None) -> float | None:
+    """The device's dense bf16 peak in FLOP/s: `--peak-tflops`, else a known GPU's datasheet figure; None on a CPU."""
+    if override:
+        return override * 1e12
+    if not torch.cuda.is_available():
+        return None
+    name = torch.cuda.get_device_name(0).lower()
+    return next((tf * 1e12 for key, tf in PEAK_BF16_TFLOPS.items() if key in name), None)
+
+
+def model_flops_per_token(name_or_path: str):
+    """Training FLOPs per real token as a function of the mean sequence length: 6 x the non-embedding weights
+    (forward and backward of every matrix) + 12 x layers x hidden x length (attention scores and values)."""
+    from transformers import AutoConfig, AutoModel
+
+    from bertops.modeling import resolve_model_path
+
+    config = AutoConfig.from_pretrained(resolve_model_path(name_or_path))
+    with torch.device("meta"):
+        encoder = AutoModel.from_config(config)
+    embedding = sum(p.numel() for n, p in encoder.named_parameters() if "embeddings" in n)
+    weights = sum(p.numel() for p in encoder.parameters()) - embedding
+    return lambda length: 6 * weights + 12 * config.num_hidden_layers * config.hidden_size * length
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--params", type=Path, default=REPO / "params.yaml")
@@ -258,14 +307,35 @@ def main() -> None:
                     help="an A/B row of the bertops runner with params overridden, e.g. "
                          "pad8:train.pad_to_multiple_of=8 (repeatable; rows carry `variant`)")
     ap.add_argument("--out", type=Path)
+    ap.add_argument("--model", help="a model directory or hub name instead of params.yaml's model.name_or_path "
+                                    "(the GPU kit passes random-init bert-base and MiniLM directories)")
+    ap.add_argument("--batch-size", type=int, help="train.batch_size for bertops and hf-trainer-same-recipe")
+    ap.add_argument("--mr-split", type=Path, help="a prepared MR train.jsonl (labels.json beside it) instead of "
+                                                  "importing and preparing the corpus (a machine without the sdist)")
+    ap.add_argument("--peak-tflops", type=float, help="the device's dense bf16 peak, for MFU (default: known GPUs)")
+    ap.add_argument("--padding", action="store_true",
+                    help="only count one MR epoch of the bertops runner's batches: how much of them is padding")
     args = ap.parse_args()
     variants = dict(parse_variant(v) for v in args.variant)
     from bertops.config import with_overrides
 
     rows_out = []
     with tempfile.TemporaryDirectory(prefix="bertops-speed-") as tmp:
-        params, layout = prepared_mr(args.params, Path(tmp) / "mr")
-        train_path = layout.split("train")
+        if args.mr_split:
+            from bertops.config import load_params
+
+            params, train_path = load_params(args.params), args.mr_split
+        else:
+            params, layout = prepared_mr(args.params, Path(tmp) / "mr")
+            train_path = layout.split("train")
+        overrides = {**({"model.name_or_path": args.model} if args.model else {}),
+                     **({"train.batch_size": args.batch_size} if args.batch_size else {})}
+        params = with_overrides(params, overrides) if overrides else params
+        flops_per_token = model_flops_per_token(params.model.name_or_path)
+        peak = peak_flops(args.peak_tflops)
+        if args.padding:
+            print(json.dumps({"data": "mr", "runner": "bertops", **padding_share(params, train_path)}))
+            return
         epoch_sentences = sum(1 for _ in train_path.open())
         from bertops.modeling import load_tokenizer
 
@@ -293,6 +363,7 @@ def main() -> None:
                            "real_tokens_per_s": round(tps, 1), "timed_seconds": round(seconds, 2),
                            "warmup_seconds": round(warm_s, 2),
                            "s_per_mr_epoch": round(epoch_sentences / sps, 1) if data == "mr" else None,
+                           **({"mfu": round(tps * flops_per_token(tps / sps) / peak, 4)} if peak else {}),
                            "threads": torch.get_num_threads(), "torch": torch.__version__,
                            "date": datetime.date.today().isoformat()}
                     print(json.dumps(row), flush=True)
@@ -321,7 +392,8 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"command": "python benchmarks/train_speed.py " + " ".join(
         f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
-        for k, v in vars(args).items() if k not in ("params", "out")), "rows": rows_out, "best": summary},
+        for k, v in vars(args).items() if k not in ("params", "out") and v not in (None, False, [])),
+        "rows": rows_out, "best": summary},
         indent=1) + "\n")
     print(f"wrote {out}")
 

@@ -22,11 +22,10 @@ from bertops.layout import Layout
 from bertops.modeling import check_max_length, load_tokenizer, resolve_model_path, save_trained
 from bertops.tasks import task_of
 from bertops.training import distributed
-from bertops.training.data import FineTuneData
 from bertops.training.mlflow_logging import MlflowMetricsLogger
+from bertops.training.recipe import task_data, trainer_kwargs
 from bertops.training.spool import RunSpool
 from bertops.training.strategies import GradualUnfreezing, apply_strategy, encoder_parts, parameter_counts
-from bertops.training.module import auto_precision
 
 log = logging.getLogger(__name__)
 
@@ -68,30 +67,6 @@ def _write_history(client: MlflowClient, run_id: str, layout: Layout, val_keys: 
         writer.writerow(["epoch", "step", *val])
         for epoch, step in enumerate(steps, start=1):
             writer.writerow([epoch, step, *(f"{val[k].get(step, float('nan')):.6f}" for k in val)])
-
-
-def task_data(family, params: Params, split_paths: dict, tokenizer, labels) -> FineTuneData:
-    """The family's features and batches for the named splits, as the train stage builds them."""
-    hp = params.train
-    collators = family.collators(tokenizer, params)
-    return FineTuneData(split_paths, tokenizer, labels,
-                        encode=lambda rows, tok, labels: family.encode(rows, tok, labels, params),
-                        collate=collators.train, eval_collate=collators.eval, max_length=params.model.max_length,
-                        batch_size=hp.batch_size, eval_batch_size=hp.eval_batch_size,
-                        length_grouping=hp.length_grouping, num_workers=hp.num_workers, seed=hp.seed,
-                        max_train_examples=hp.max_train_examples, train_fraction=hp.train_fraction)
-
-
-def trainer_kwargs(params: Params) -> dict:
-    """The Lightning Trainer's arguments as the train stage sets them (benchmarks/train_speed.py uses them too)."""
-    hp = params.train
-    # strategy auto: one device, even on a machine with several GPUs (Lightning would pick them all)
-    devices = 1 if hp.strategy == "auto" and hp.devices == "auto" else hp.devices
-    return dict(max_epochs=hp.epochs, accelerator=hp.accelerator, devices=devices, num_nodes=hp.num_nodes,
-                strategy=distributed.lightning_strategy(hp.strategy), precision=auto_precision(hp.precision,
-                                                                                           hp.accelerator),
-                logger=False, use_distributed_sampler=False,  # FineTuneData splits the data itself
-                num_sanity_val_steps=0, enable_model_summary=False)
 
 
 def train(params: Params, layout: Layout, run_tags: dict[str, str] | None = None) -> dict | None:
