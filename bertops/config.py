@@ -102,6 +102,10 @@ class TrainParams(_Section):
         "auto", description="dropout masks from 16-bit slices of 64-bit draws (bertops/training/fast_dropout.py) "
                             "instead of one 32-bit draw per element; auto = on a CPU, off on a GPU "
                             "(docs/performance.md has the A/B rows)")
+    row_embedding_grad: bool | Literal["auto"] = Field(
+        "auto", description="the word embedding's gradient formed and clipped over the rows a batch read, not the "
+                            "whole vocabulary table (bertops/training/embedding_grad.py; the same gradient); auto = "
+                            "on a CPU, off on a GPU (docs/performance.md has the A/B rows)")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes")
     max_train_examples: int | None = Field(None, ge=1, description="train on a random subset of N examples (seeded by train.seed)")
     train_fraction: float = Field(1.0, gt=0, le=1, description="train on a random share of the training split "

@@ -8,7 +8,7 @@ import lightning as L
 import torch
 
 from bertops.config import FinetuneParams, TrainParams
-from bertops.training import fast_dropout
+from bertops.training import embedding_grad, fast_dropout
 from bertops.training.optim import build_optimizer, build_schedule, param_groups
 from bertops.training.encoder_parts import encoder_parts
 
@@ -26,8 +26,11 @@ class FineTuner(L.LightningModule):
             self.model.base_model.eval()  # Lightning keeps these modes (it restores them after validation)
         if auto_fast_dropout(train_params):
             fast_dropout.install(self.model)  # no weights: checkpoints and the eval-mode model are unchanged
+        self.rows_grad = None
 
     def setup(self, stage):
+        if stage == "fit" and auto_row_embedding_grad(self.hp) and self.rows_grad is None:
+            self.rows_grad = embedding_grad.install(self.model, processes=self.trainer.world_size)
         if auto_compile(self.hp) and not getattr(self.model, "_compiled_call_impl", None):
             # in place: the state dict keeps its keys, so checkpoints and save_pretrained are unchanged
             self.model.compile(dynamic=True)
@@ -57,8 +60,12 @@ class FineTuner(L.LightningModule):
     def on_before_optimizer_step(self, optimizer):
         # Clipping here rather than through Trainer(gradient_clip_val=...): Lightning's mixed-precision plugin
         # refuses to clip for fused optimizers, and this hook already sees unscaled gradients.
-        if self.hp.max_grad_norm:
-            torch.nn.utils.clip_grad_norm_(self.parameters(), self.hp.max_grad_norm, foreach=True)
+        embedding_grad.clip_and_densify(self.parameters(), self.hp.max_grad_norm, self.rows_grad)
+
+    def on_fit_end(self):
+        if self.rows_grad is not None:
+            self.rows_grad.release()
+            self.rows_grad = None
 
     def configure_optimizers(self):
         hp = self.hp
@@ -107,6 +114,15 @@ def auto_fast_dropout(train: TrainParams) -> bool:
     if train.fast_dropout == "auto":
         return not on_gpu(train.accelerator)
     return train.fast_dropout
+
+
+def auto_row_embedding_grad(train: TrainParams) -> bool:
+    """Whether the word embedding's gradient is formed over the rows a batch read (bertops.training.embedding_grad):
+    `auto` = on a CPU, where zeroing, norming and scaling the whole table each step was measured (docs/performance.md);
+    off on a GPU, where those are a few fast kernels."""
+    if train.row_embedding_grad == "auto":
+        return not on_gpu(train.accelerator)
+    return train.row_embedding_grad
 
 
 def auto_precision(precision: str, accelerator: str = "auto") -> str:
