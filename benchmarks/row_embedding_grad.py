@@ -1,0 +1,101 @@
+"""A/B of `train.row_embedding_grad` on the CPU, with the noise of a shared host taken out: training steps of the
+packaged MiniLM (forward and backward under bf16 autocast where the CPU multiplies bf16, fast dropout, clipping to
+the params' max_grad_norm, fused AdamW, zeroing) on the same MR batches (length-grouped, batch 16, padded to the
+longest, as the train stage forms them on a CPU), with the word embedding's gradient sparse and densified into
+its persistent buffer (A) vs dense (B), alternating A and B step by step on one model. Clipping and the
+densifying are `bertops.training.embedding_grad.clip_and_densify`, the function the train stage's module calls.
+Reports each side's median step time and where the step's time went.
+
+    python benchmarks/row_embedding_grad.py --steps 40 --out benchmarks/results/row-embedding-grad-steps-<host>-<date>.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--steps", type=int, default=40, help="distinct batches; each runs twice on each side")
+    ap.add_argument("--out", type=Path)
+    args = ap.parse_args()
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from train_speed import prepared_mr
+    from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding
+
+    from bertops.corpora.splitting import read_split
+    from bertops.modeling import load_tokenizer, resolve_model_path
+    from bertops.tasks.sequence_classification import encode_sequences
+    from bertops.training import embedding_grad, fast_dropout
+    from bertops.training.module import cpu_has_bf16_matmul
+    from bertops.training.optim import build_optimizer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        params, layout = prepared_mr(REPO / "params.yaml", Path(tmp))
+        tokenizer = load_tokenizer(params.model.name_or_path)
+        labels = json.loads(layout.labels_file.read_text())
+        features = encode_sequences(read_split(layout.split("train")), tokenizer, labels, params.model.max_length)
+    torch.manual_seed(0)
+    order = torch.randperm(len(features)).tolist()
+    pool = sorted(order[: 16 * args.steps], key=lambda i: len(features[i]["input_ids"]))
+    batches = [[features[i] for i in pool[k:k + 16]] for k in range(0, len(pool), 16)]
+    collate = DataCollatorWithPadding(tokenizer)
+    model = AutoModelForSequenceClassification.from_pretrained(resolve_model_path(params.model.name_or_path),
+                                                               num_labels=len(labels), dtype=torch.float32)
+    fast_dropout.install(model)
+    model.train()
+    rows_grad = embedding_grad.install(model)
+    assert rows_grad is not None, "the packaged model's embedding should take the row path"
+    opt = build_optimizer([{"params": list(model.parameters()), "lr": 1e-5, "weight_decay": 0.01}],
+                          betas=(0.9, 0.999), eps=1e-8)
+    bf16 = cpu_has_bf16_matmul()
+    autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
+    max_norm = params.train.max_grad_norm
+    sides = {"rows": rows_grad, "dense": None}
+    parts = {k: {"forward_backward": [], "clip": [], "adamw": [], "zero": [], "step": []} for k in sides}
+    for rep, batch in enumerate(batches * 2):
+        for name in (("rows", "dense") if rep % 2 else ("dense", "rows")):
+            inputs = collate(batch)
+            rows_grad.embedding.sparse = name == "rows"
+            t0 = time.perf_counter()
+            with autocast():
+                loss = model(**inputs).loss
+            loss.backward()
+            t1 = time.perf_counter()
+            embedding_grad.clip_and_densify(list(model.parameters()), max_norm, sides[name])
+            t2 = time.perf_counter()
+            opt.step()
+            t3 = time.perf_counter()
+            opt.zero_grad(set_to_none=True)
+            t4 = time.perf_counter()
+            for key, seconds in (("forward_backward", t1 - t0), ("clip", t2 - t1), ("adamw", t3 - t2),
+                                 ("zero", t4 - t3), ("step", t4 - t0)):
+                parts[name][key].append(seconds)
+    row = {"steps_each": len(parts["rows"]["step"]), "batch_size": 16, "bf16_autocast": bf16,
+           "max_grad_norm": max_norm, "threads": torch.get_num_threads(), "torch": torch.__version__,
+           "date": datetime.date.today().isoformat(),
+           **{f"median_ms_{name}_{key}": round(1000 * statistics.median(v), 1)
+              for name, p in parts.items() for key, v in p.items()}}
+    paired = [d / r for d, r in zip(parts["dense"]["step"], parts["rows"]["step"])]
+    row["median_paired_ratio_dense_vs_rows"] = round(statistics.median(paired), 3)
+    row["time_ratio_dense_vs_rows"] = round(row["median_ms_dense_step"] / row["median_ms_rows_step"], 3)
+    print(json.dumps(row))
+    if args.out:
+        args.out.write_text(json.dumps({"command": "python benchmarks/row_embedding_grad.py --steps "
+                                        f"{args.steps}", "row": row}, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
