@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
@@ -28,25 +27,16 @@ def main() -> None:
     import sys
 
     sys.path.insert(0, str(REPO / "benchmarks"))
-    from train_speed import prepared_mr
+    from train_speed import length_grouped_mr_batches
     from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding
 
-    from bertops.corpora.splitting import read_split
-    from bertops.modeling import load_tokenizer, resolve_model_path
-    from bertops.tasks.sequence_classification import encode_sequences
+    from bertops.modeling import resolve_model_path
     from bertops.training.optim import build_optimizer
 
-    with tempfile.TemporaryDirectory() as tmp:
-        params, layout = prepared_mr(REPO / "params.yaml", Path(tmp))
-        tokenizer = load_tokenizer(params.model.name_or_path)
-        labels = json.loads(layout.labels_file.read_text())
-        features = encode_sequences(read_split(layout.split("train")), tokenizer, labels, params.model.max_length)
-    torch.manual_seed(0)
-    order = torch.randperm(len(features)).tolist()
-    # length grouping as the train stage does it: sort a shuffled pool by length, cut batches of 16
-    pool = sorted(order[: 16 * args.steps], key=lambda i: len(features[i]["input_ids"]))
-    batches = [[features[i] for i in pool[k:k + 16]] for k in range(0, len(pool), 16)]
+    # length grouping as the train stage does it: a shuffled pool sorted by length, cut into batches of 16
+    params, tokenizer, labels, batches = length_grouped_mr_batches(REPO / "params.yaml", args.steps)
     collate = {"none": DataCollatorWithPadding(tokenizer), "8": DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8)}
+    torch.manual_seed(0)  # the new classifier head's initialisation
     model = AutoModelForSequenceClassification.from_pretrained(resolve_model_path(params.model.name_or_path),
                                                                num_labels=len(labels), dtype=torch.float32)
     model.train()

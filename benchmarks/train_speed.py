@@ -59,6 +59,29 @@ def prepared_mr(params_path: Path, workdir: Path):
     return params, layout
 
 
+def length_grouped_mr_batches(params_path: Path, steps: int, batch_size: int = 16, seed: int = 0):
+    """`steps` MR training batches as the train stage groups them (a shuffled pool sorted by length, cut into
+    batches), encoded as its task family encodes them: (params, tokenizer, labels, batches of feature dicts).
+    The paired step A/Bs (pad_multiple.py, row_embedding_grad.py) run both sides over these."""
+    import tempfile
+
+    import torch
+
+    from bertops.corpora.splitting import read_split
+    from bertops.modeling import load_tokenizer
+    from bertops.tasks.sequence_classification import encode_sequences
+
+    with tempfile.TemporaryDirectory() as tmp:
+        params, layout = prepared_mr(params_path, Path(tmp))
+        tokenizer = load_tokenizer(params.model.name_or_path)
+        labels = json.loads(layout.labels_file.read_text())
+        features = encode_sequences(read_split(layout.split("train")), tokenizer, labels, params.model.max_length)
+    order = torch.randperm(len(features), generator=torch.Generator().manual_seed(seed)).tolist()
+    pool = sorted(order[: batch_size * steps], key=lambda i: len(features[i]["input_ids"]))
+    batches = [[features[i] for i in pool[k:k + batch_size]] for k in range(0, len(pool), batch_size)]
+    return params, tokenizer, labels, batches
+
+
 def fixed_length_rows(n: int, tokenizer, length: int) -> list[dict]:
     """Texts that encode to exactly `length` tokens (random vocabulary words), with random labels."""
     rng = random.Random(0)
