@@ -1,8 +1,9 @@
 """Where a MiniLM fine-tuning step spends its time on the CPU: forward + backward, clipping, AdamW, zeroing, and
 the top operators (torch.profiler). MR batches of 16 in corpus order, bf16 autocast as `precision: auto` picks on
-an AMX CPU, fused AdamW as the train stage builds it.
+an AMX CPU, fast dropout, the word-embedding gradient by rows (train.row_embedding_grad) and fused AdamW, as the
+train stage builds them on a CPU.
 
-    python benchmarks/cpu_step_profile.py [--no-attention-dropout] [--torch-dropout] [--steps 60]
+    python benchmarks/cpu_step_profile.py [--no-attention-dropout] [--torch-dropout] [--dense-embedding-grad] [--steps 60] [--shapes N]
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ def main():
                     help="attention_probs_dropout_prob 0 (SDPA may then pick its fused CPU kernel)")
     ap.add_argument("--torch-dropout", action="store_true",
                     help="torch's own dropout (the train stage's default on a CPU is fast_dropout)")
+    ap.add_argument("--dense-embedding-grad", action="store_true",
+                    help="the dense word-embedding gradient (the train stage's default on a CPU is row_embedding_grad)")
     ap.add_argument("--shapes", type=int, default=0, help="also list the N costliest operators by input shape")
     args = ap.parse_args()
 
@@ -41,6 +44,9 @@ def main():
         from bertops.training import fast_dropout
 
         fast_dropout.install(model)
+    from bertops.training import embedding_grad
+
+    rows_grad = None if args.dense_embedding_grad else embedding_grad.install(model)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=5e-5, fused=True)
     collate = DataCollatorWithPadding(tokenizer)  # to the longest: the CPU default
@@ -57,7 +63,7 @@ def main():
             loss = model(**batch).loss
         loss.backward()
         t1 = time.perf_counter()
-        torch.nn.utils.clip_grad_norm_(params, 1.0, foreach=True)
+        embedding_grad.clip_and_densify(params, 1.0, rows_grad)  # the train stage's clipping
         t2 = time.perf_counter()
         optimizer.step()
         t3 = time.perf_counter()
@@ -74,7 +80,8 @@ def main():
     for batch in batches[warmup:]:
         step(batch, times)
     n = len(batches) - warmup
-    print(json.dumps({"attention_dropout": not args.no_attention_dropout, "fast_dropout": not args.torch_dropout, "steps": n, "threads": torch.get_num_threads(),
+    print(json.dumps({"attention_dropout": not args.no_attention_dropout, "fast_dropout": not args.torch_dropout,
+                      "row_embedding_grad": rows_grad is not None, "steps": n, "threads": torch.get_num_threads(),
                       "ms_per_step": {k: round(1000 * v / n, 1) for k, v in times.items()},
                       "total_ms_per_step": round(1000 * sum(times.values()) / n, 1)}))
     with profile(activities=[ProfilerActivity.CPU], record_shapes=bool(args.shapes)) as prof:
