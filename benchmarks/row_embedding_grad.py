@@ -28,10 +28,13 @@ REPO = Path(__file__).resolve().parents[1]
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--steps", type=int, default=40, help="distinct batches; each runs twice on each side")
+    ap.add_argument("--fixed-length", type=int, default=0,
+                    help="batches of synthetic sentences of exactly this many tokens (train_speed.py's fixed data) "
+                         "instead of MR's")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     sys.path.insert(0, str(REPO / "benchmarks"))
-    from train_speed import length_grouped_mr_batches
+    from train_speed import fixed_length_rows, length_grouped_mr_batches
     from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding
 
     from bertops.modeling import resolve_model_path
@@ -40,6 +43,12 @@ def main() -> None:
     from bertops.training.optim import build_optimizer
 
     params, tokenizer, labels, batches = length_grouped_mr_batches(REPO / "params.yaml", args.steps)
+    if args.fixed_length:
+        from bertops.tasks.sequence_classification import encode_sequences
+
+        rows = fixed_length_rows(16 * args.steps, tokenizer, args.fixed_length)
+        features = encode_sequences(rows, tokenizer, labels, params.model.max_length)
+        batches = [features[k:k + 16] for k in range(0, len(features), 16)]
     collate = DataCollatorWithPadding(tokenizer)
     torch.manual_seed(0)  # the new classifier head's initialisation
     model = AutoModelForSequenceClassification.from_pretrained(resolve_model_path(params.model.name_or_path),
@@ -73,7 +82,7 @@ def main() -> None:
             for key, seconds in (("forward_backward", t1 - t0), ("clip", t2 - t1), ("adamw", t3 - t2),
                                  ("zero", t4 - t3), ("step", t4 - t0)):
                 parts[name][key].append(seconds)
-    row = {"steps_each": len(parts["rows"]["step"]), "batch_size": 16, "bf16_autocast": bf16,
+    row = {"data": f"fixed {args.fixed_length} tokens" if args.fixed_length else "mr", "steps_each": len(parts["rows"]["step"]), "batch_size": 16, "bf16_autocast": bf16,
            "max_grad_norm": max_norm, "threads": torch.get_num_threads(), "torch": torch.__version__,
            "date": datetime.date.today().isoformat(),
            **{f"median_ms_{name}_{key}": round(1000 * statistics.median(v), 1)
@@ -83,8 +92,9 @@ def main() -> None:
     row["time_ratio_dense_vs_rows"] = round(row["median_ms_dense_step"] / row["median_ms_rows_step"], 3)
     print(json.dumps(row))
     if args.out:
-        args.out.write_text(json.dumps({"command": "python benchmarks/row_embedding_grad.py --steps "
-                                        f"{args.steps}", "row": row}, indent=1) + "\n")
+        command = f"python benchmarks/row_embedding_grad.py --steps {args.steps}" + (
+            f" --fixed-length {args.fixed_length}" if args.fixed_length else "")
+        args.out.write_text(json.dumps({"command": command, "row": row}, indent=1) + "\n")
 
 
 if __name__ == "__main__":

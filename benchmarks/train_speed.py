@@ -31,6 +31,7 @@ import gc
 import json
 import platform
 import random
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -280,6 +281,27 @@ def label(row: dict) -> str:
     return f"{row['runner']}+{row['variant']}" if row.get("variant") else row["runner"]
 
 
+def summarize(rows: list[dict], datas: list[str], names: list[str]) -> list[dict]:
+    """Per data and runner: the best round's sentences/s and its ratios to the reference runners, and the median
+    over rounds of the ratio within each round (runners take turns, so a round's rows ran minutes apart: on a
+    shared host whose rounds spread by 20 % or more, the within-round ratio is the steadier figure)."""
+    rate = {(r["data"], label(r), r["round"]): r["sentences_per_s"] for r in rows}
+    rounds = sorted({r["round"] for r in rows})
+    summary = []
+    for data in datas:
+        best = {n: max((rate[(data, n, k)] for k in rounds if (data, n, k) in rate), default=None) for n in names}
+        for runner in names:
+            entry = {"data": data, "runner": runner, "best_sentences_per_s": best[runner]}
+            for other in ("hf-trainer", "hf-trainer-same-recipe", "bertops"):
+                if other in best and other != runner and best[other] and best[runner]:
+                    entry[f"ratio_vs_{other}"] = round(best[runner] / best[other], 2)
+                    within = [rate[(data, runner, k)] / rate[(data, other, k)] for k in rounds
+                              if (data, runner, k) in rate and (data, other, k) in rate]
+                    entry[f"median_round_ratio_vs_{other}"] = round(statistics.median(within), 2)
+            summary.append(entry)
+    return summary
+
+
 def host_name() -> str:
     if torch.cuda.is_available():
         return torch.cuda.get_device_name(0).replace(" ", "-").lower()
@@ -392,21 +414,9 @@ def main() -> None:
                     print(json.dumps(row), flush=True)
                     rows_out.append(row)
                     gc.collect()
-    best = {}
-    for row in rows_out:
-        key = (row["data"], label(row))
-        best[key] = max(best.get(key, 0), row["sentences_per_s"])
-    summary = []
-    names = [*args.runners, *(f"bertops+{v}" for v in variants)]
-    for data in args.data:
-        base = {r: best.get((data, r)) for r in names}
-        for runner in names:
-            entry = {"data": data, "runner": runner, "best_sentences_per_s": base[runner]}
-            for other in ("hf-trainer", "hf-trainer-same-recipe", "bertops"):
-                if other in base and other != runner and base[other]:
-                    entry[f"ratio_vs_{other}"] = round(base[runner] / base[other], 2)
-            summary.append(entry)
-            print(json.dumps(entry), flush=True)
+    summary = summarize(rows_out, args.data, [*args.runners, *(f"bertops+{v}" for v in variants)])
+    for entry in summary:
+        print(json.dumps(entry), flush=True)
     out = args.out or REPO / "benchmarks" / "results" / f"{host_name()}-{datetime.date.today().isoformat()}.json"
     for n in range(2, 100):  # a second run on the same day and host gets its own file, never overwrites the first
         if args.out or not out.exists():
