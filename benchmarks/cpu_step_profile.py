@@ -3,7 +3,8 @@ the top operators (torch.profiler). MR batches of 16 in corpus order, bf16 autoc
 an AMX CPU, fast dropout, the word-embedding gradient by rows (train.row_embedding_grad) and fused AdamW, as the
 train stage builds them on a CPU.
 
-    python benchmarks/cpu_step_profile.py [--no-attention-dropout] [--torch-dropout] [--dense-embedding-grad] [--steps 60] [--shapes N]
+    python benchmarks/cpu_step_profile.py [--no-attention-dropout] [--torch-dropout] [--dense-embedding-grad]
+        [--steps 60] [--shapes N]
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ its persistent buffer (A) vs dense (B), alternating A and B step by step on one 
 densifying are `bertops.training.embedding_grad.clip_and_densify`, the function the train stage's module calls.
 Reports each side's median step time and where the step's time went.
 
-    python benchmarks/row_embedding_grad.py --steps 40 --out benchmarks/results/row-embedding-grad-steps-<host>-<date>.json
+    python benchmarks/row_embedding_grad.py --steps 40 [--fixed-length 64] --out r.json
 """
 
 from __future__ import annotations
@@ -42,13 +42,19 @@ def main() -> None:
     from bertops.training.module import cpu_has_bf16_matmul
     from bertops.training.optim import build_optimizer
 
-    params, tokenizer, labels, batches = length_grouped_mr_batches(REPO / "params.yaml", args.steps)
-    if args.fixed_length:
+    if args.fixed_length:  # no MR import: train_speed.py's synthetic rows and their two labels
+        from bertops.config import load_params
+        from bertops.modeling import load_tokenizer
         from bertops.tasks.sequence_classification import encode_sequences
 
+        params = load_params(REPO / "params.yaml")
+        tokenizer = load_tokenizer(params.model.name_or_path)
+        labels = ["negative", "positive"]
         rows = fixed_length_rows(16 * args.steps, tokenizer, args.fixed_length)
         features = encode_sequences(rows, tokenizer, labels, params.model.max_length)
         batches = [features[k:k + 16] for k in range(0, len(features), 16)]
+    else:
+        params, tokenizer, labels, batches = length_grouped_mr_batches(REPO / "params.yaml", args.steps)
     collate = DataCollatorWithPadding(tokenizer)
     torch.manual_seed(0)  # the new classifier head's initialisation
     model = AutoModelForSequenceClassification.from_pretrained(resolve_model_path(params.model.name_or_path),
@@ -82,7 +88,8 @@ def main() -> None:
             for key, seconds in (("forward_backward", t1 - t0), ("clip", t2 - t1), ("adamw", t3 - t2),
                                  ("zero", t4 - t3), ("step", t4 - t0)):
                 parts[name][key].append(seconds)
-    row = {"data": f"fixed {args.fixed_length} tokens" if args.fixed_length else "mr", "steps_each": len(parts["rows"]["step"]), "batch_size": 16, "bf16_autocast": bf16,
+    row = {"data": f"fixed {args.fixed_length} tokens" if args.fixed_length else "mr",
+           "steps_each": len(parts["rows"]["step"]), "batch_size": 16, "bf16_autocast": bf16,
            "max_grad_norm": max_norm, "threads": torch.get_num_threads(), "torch": torch.__version__,
            "date": datetime.date.today().isoformat(),
            **{f"median_ms_{name}_{key}": round(1000 * statistics.median(v), 1)
