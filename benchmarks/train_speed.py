@@ -63,7 +63,7 @@ def prepared_mr(params_path: Path, workdir: Path):
 def length_grouped_mr_batches(params_path: Path, steps: int, batch_size: int = 16, seed: int = 0):
     """`steps` MR training batches as the train stage groups them (a shuffled pool sorted by length, cut into
     batches), encoded as its task family encodes them: (params, tokenizer, labels, batches of feature dicts).
-    The paired step A/Bs (pad_multiple.py, row_embedding_grad.py) run both sides over these."""
+    The paired step A/Bs (pad_multiple.py, paired_steps.py) run both sides over these."""
     from bertops.corpora.splitting import read_split
     from bertops.modeling import load_tokenizer
     from bertops.tasks.sequence_classification import encode_sequences

@@ -106,6 +106,10 @@ class TrainParams(_Section):
         "auto", description="the word embedding's gradient formed and clipped over the rows a batch read, not the "
                             "whole vocabulary table (bertops/training/embedding_grad.py; the same gradient); auto = "
                             "on a CPU, off on a GPU (docs/performance.md has the A/B rows)")
+    cls_top_layer: bool | Literal["auto"] = Field(
+        "auto", description="for a task whose head reads the top block's [CLS] alone, the top transformer block "
+                            "computes [CLS] only in training (bertops/training/cls_top_layer.py; the same loss and "
+                            "gradients); auto = on a CPU, off on a GPU (docs/performance.md has the A/B rows)")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes")
     max_train_examples: int | None = Field(None, ge=1, description="train on a random subset of N examples (seeded by train.seed)")
     train_fraction: float = Field(1.0, gt=0, le=1, description="train on a random share of the training split "

@@ -8,13 +8,16 @@ import lightning as L
 import torch
 
 from bertops.config import FinetuneParams, TrainParams
-from bertops.training import embedding_grad, fast_dropout
+from bertops.training import cls_top_layer, embedding_grad, fast_dropout
 from bertops.training.optim import build_optimizer, build_schedule, param_groups
 from bertops.training.encoder_parts import encoder_parts
 
 
 class FineTuner(L.LightningModule):
     """The training side shared by every task: the model's own loss, clipping, optimizer and schedule."""
+
+    # the task's head reads the top block's [CLS] output and nothing else (the pooler / [CLS] classifiers)
+    READS_CLS_ONLY = False
 
     def __init__(self, model, new_params: set[str], train_params: TrainParams,
                  finetune: FinetuneParams = FinetuneParams()):
@@ -27,10 +30,14 @@ class FineTuner(L.LightningModule):
         if auto_fast_dropout(train_params):
             fast_dropout.install(self.model)  # no weights: checkpoints and the eval-mode model are unchanged
         self.rows_grad = None
+        self.cls_top = None
 
     def setup(self, stage):
         if stage == "fit" and auto_row_embedding_grad(self.hp) and self.rows_grad is None:
             self.rows_grad = embedding_grad.install(self.model, processes=self.trainer.world_size)
+        if (stage == "fit" and self.READS_CLS_ONLY and self.finetune.layer_features == "last"
+                and auto_cls_top_layer(self.hp) and self.cls_top is None):
+            self.cls_top = cls_top_layer.install(self.model)
         if auto_compile(self.hp) and not getattr(self.model, "_compiled_call_impl", None):
             # in place: the state dict keeps its keys, so checkpoints and save_pretrained are unchanged
             self.model.compile(dynamic=True)
@@ -66,6 +73,9 @@ class FineTuner(L.LightningModule):
         if self.rows_grad is not None:
             self.rows_grad.release()
             self.rows_grad = None
+        if self.cls_top is not None:
+            self.cls_top.release()
+            self.cls_top = None
 
     def configure_optimizers(self):
         hp = self.hp
@@ -123,6 +133,14 @@ def auto_row_embedding_grad(train: TrainParams) -> bool:
     if train.row_embedding_grad == "auto":
         return not on_gpu(train.accelerator)
     return train.row_embedding_grad
+
+
+def auto_cls_top_layer(train: TrainParams) -> bool:
+    """Whether a [CLS]-head task's top block computes [CLS] only in training (bertops.training.cls_top_layer):
+    `auto` = on a CPU, where the paired step A/B measured it (docs/performance.md); off on a GPU, unmeasured there."""
+    if train.cls_top_layer == "auto":
+        return not on_gpu(train.accelerator)
+    return train.cls_top_layer
 
 
 def auto_precision(precision: str, accelerator: str = "auto") -> str:

@@ -12,6 +12,7 @@ from bertops.training.module import FineTuner
 
 
 class MultiLabelClassifier(FineTuner):
+    READS_CLS_ONLY = True  # the pooler / [CLS] head on AutoModelForSequenceClassification
     VAL_METRICS = ("val_loss", "val_micro_f1", "val_macro_f1", "val_subset_accuracy")
 
     def __init__(self, model, new_params, train_params, threshold: float | None = None, **kw):

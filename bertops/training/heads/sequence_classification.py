@@ -7,6 +7,7 @@ from bertops.training.module import FineTuner
 
 
 class SequenceClassifier(FineTuner):
+    READS_CLS_ONLY = True  # the pooler / [CLS] head on AutoModelForSequenceClassification
     VAL_METRICS = ("val_loss", "val_accuracy", "val_macro_f1")
 
     def __init__(self, model, new_params: set[str], train_params, **kw):

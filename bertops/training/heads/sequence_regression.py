@@ -9,6 +9,7 @@ from bertops.training.module import FineTuner
 
 
 class SequenceRegressor(FineTuner):
+    READS_CLS_ONLY = True  # the pooler / [CLS] head on AutoModelForSequenceClassification
     VAL_METRICS = ("val_loss", "val_pearson", "val_spearman", "val_rmse", "val_mae")
     metric = "pearson"  # task.metric: shown on the progress bar (the family sets it)
 

@@ -1,12 +1,15 @@
-"""A/B of `train.row_embedding_grad` on the CPU, with the noise of a shared host taken out: training steps of the
-packaged MiniLM (forward and backward under bf16 autocast where the CPU multiplies bf16, fast dropout, clipping to
-the params' max_grad_norm, fused AdamW, zeroing) on the same MR batches (length-grouped, batch 16, padded to the
-longest, as the train stage forms them on a CPU), with the word embedding's gradient sparse and densified into
-its persistent buffer (A) vs dense (B), alternating A and B step by step on one model. Clipping and the
-densifying are `bertops.training.embedding_grad.clip_and_densify`, the function the train stage's module calls.
-Reports each side's median step time and where the step's time went.
+"""A/B of one of the train stage's CPU step levers, with the noise of a shared host taken out: training steps of
+the packaged MiniLM (forward and backward under bf16 autocast where the CPU multiplies bf16, fast dropout, the word
+embedding's gradient by rows, the top block for [CLS] only, clipping to the params' max_grad_norm, fused AdamW,
+zeroing: the train stage's CPU defaults) on the same MR batches (length-grouped, batch 16, padded to the longest, as
+the train stage forms them on a CPU), with the lever on (A) and off (B), alternating A and B step by step on one
+model. Clipping and the densifying are `bertops.training.embedding_grad.clip_and_densify`, the function the train
+stage's module calls. Reports each side's median step time and where the step's time went.
 
-    python benchmarks/row_embedding_grad.py --steps 40 [--fixed-length 64] --out r.json
+    --lever row-embedding-grad: train.row_embedding_grad (off: the dense word-embedding gradient)
+    --lever cls-top-layer: train.cls_top_layer (off: the stock top block over every position)
+
+    python benchmarks/paired_steps.py --lever cls-top-layer --steps 40 [--fixed-length 64] --out r.json
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--lever", choices=("row-embedding-grad", "cls-top-layer"), required=True)
     ap.add_argument("--steps", type=int, default=40, help="distinct batches; each runs twice on each side")
     ap.add_argument("--fixed-length", type=int, default=0,
                     help="batches of synthetic sentences of exactly this many tokens (train_speed.py's fixed data) "
@@ -38,7 +42,7 @@ def main() -> None:
     from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding
 
     from bertops.modeling import resolve_model_path
-    from bertops.training import embedding_grad, fast_dropout
+    from bertops.training import cls_top_layer, embedding_grad, fast_dropout
     from bertops.training.module import cpu_has_bf16_matmul
     from bertops.training.optim import build_optimizer
 
@@ -68,18 +72,22 @@ def main() -> None:
     bf16 = cpu_has_bf16_matmul()
     autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
     max_norm = params.train.max_grad_norm
-    sides = {"rows": rows_grad, "dense": None}
-    parts = {k: {"forward_backward": [], "clip": [], "adamw": [], "zero": [], "step": []} for k in sides}
+    top = cls_top_layer.install(model)
+    assert top is not None, "the packaged model's top block should take the [CLS] path"
+    parts = {k: {"forward_backward": [], "clip": [], "adamw": [], "zero": [], "step": []} for k in ("on", "off")}
     for rep, batch in enumerate(batches * 2):
-        for name in (("rows", "dense") if rep % 2 else ("dense", "rows")):
+        for name in (("on", "off") if rep % 2 else ("off", "on")):
             inputs = collate(batch)
-            rows_grad.embedding.sparse = name == "rows"
+            on = name == "on"
+            rows_on = on or args.lever != "row-embedding-grad"
+            rows_grad.embedding.sparse = rows_on
+            top.set(on or args.lever != "cls-top-layer")
             t0 = time.perf_counter()
             with autocast():
                 loss = model(**inputs).loss
             loss.backward()
             t1 = time.perf_counter()
-            embedding_grad.clip_and_densify(list(model.parameters()), max_norm, sides[name])
+            embedding_grad.clip_and_densify(list(model.parameters()), max_norm, rows_grad if rows_on else None)
             t2 = time.perf_counter()
             opt.step()
             t3 = time.perf_counter()
@@ -88,18 +96,18 @@ def main() -> None:
             for key, seconds in (("forward_backward", t1 - t0), ("clip", t2 - t1), ("adamw", t3 - t2),
                                  ("zero", t4 - t3), ("step", t4 - t0)):
                 parts[name][key].append(seconds)
-    row = {"data": f"fixed {args.fixed_length} tokens" if args.fixed_length else "mr",
-           "steps_each": len(parts["rows"]["step"]), "batch_size": 16, "bf16_autocast": bf16,
+    row = {"lever": args.lever, "data": f"fixed {args.fixed_length} tokens" if args.fixed_length else "mr",
+           "steps_each": len(parts["on"]["step"]), "batch_size": 16, "bf16_autocast": bf16,
            "max_grad_norm": max_norm, "threads": torch.get_num_threads(), "torch": torch.__version__,
            "date": datetime.date.today().isoformat(),
            **{f"median_ms_{name}_{key}": round(1000 * statistics.median(v), 1)
               for name, p in parts.items() for key, v in p.items()}}
-    paired = [d / r for d, r in zip(parts["dense"]["step"], parts["rows"]["step"])]
-    row["median_paired_ratio_dense_vs_rows"] = round(statistics.median(paired), 3)
-    row["time_ratio_dense_vs_rows"] = round(row["median_ms_dense_step"] / row["median_ms_rows_step"], 3)
+    paired = [off / on for off, on in zip(parts["off"]["step"], parts["on"]["step"])]
+    row["median_paired_ratio_off_vs_on"] = round(statistics.median(paired), 3)
+    row["time_ratio_off_vs_on"] = round(row["median_ms_off_step"] / row["median_ms_on_step"], 3)
     print(json.dumps(row))
     if args.out:
-        command = f"python benchmarks/row_embedding_grad.py --steps {args.steps}" + (
+        command = f"python benchmarks/paired_steps.py --lever {args.lever} --steps {args.steps}" + (
             f" --fixed-length {args.fixed_length}" if args.fixed_length else "")
         args.out.write_text(json.dumps({"command": command, "row": row}, indent=1) + "\n")
 
