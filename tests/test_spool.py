@@ -223,7 +223,9 @@ def test_training_runs_through_an_outage_and_a_rerun_finishes_what_the_end_could
     # 2. the server is down when training ends: the stage fails clearly, keeping the checkpoint and the spool
     late = tmp_path / "late"
     late.mkdir()
-    _train_project(late, tiny_model_dir, port, epochs=8)
+    # as long as the others: on a fast host 8 epochs ended before the first metrics shipped (seconds, by the
+    # shipper's 1 s interval), and so before the server could be stopped under them
+    _train_project(late, tiny_model_dir, port, epochs=40)
     proc = _train_process(late, env)
     _wait_for_spooled_metrics(late, proc)
     stop_server(server)

@@ -122,8 +122,12 @@ def train(params: Params, layout: Layout, run_tags: dict[str, str] | None = None
     monitor = f"val_{params.task.metric}"
     mode = family.metric_mode(params.task.metric)
     checkpoint = ModelCheckpoint(dirpath=work / "ckpt", filename="best", monitor=monitor, mode=mode, save_top_k=1,
-                                 save_last=True, enable_version_counter=False)
-    callbacks = [checkpoint, TQDMProgressBar(refresh_rate=10)]
+                                 enable_version_counter=False)
+    # the resume point, after every validation: not `save_last=True`, which since Lightning 2.6 writes last.ckpt only
+    # when the best one improves, so a kill after the metric plateaus would redo every epoch since the best
+    latest = ModelCheckpoint(dirpath=last_ckpt.parent, filename=last_ckpt.stem, monitor=None, save_top_k=1,
+                             enable_version_counter=False)
+    callbacks = [checkpoint, latest, TQDMProgressBar(refresh_rate=10)]
     if rank_zero:
         callbacks.append(MlflowMetricsLogger(spool, log_every_n_steps=params.tracking.log_every_n_steps,
                                              flush_every_n_steps=params.tracking.flush_every_n_steps))
