@@ -8,6 +8,9 @@ stage's module calls. Reports each side's median step time and where the step's 
 
     --lever row-embedding-grad: train.row_embedding_grad (off: the dense word-embedding gradient)
     --lever cls-top-layer: train.cls_top_layer (off: the stock top block over every position)
+    --lever lazy-embedding-decay: train.lazy_embedding_decay (off: AdamW over the whole word-embedding table). The
+      two sides are two copies of the model, each with its own AdamW, since the lever changes the parameters;
+      the rows trained are those the whole MR train split reads (or the fixed-length data's)
 
     python benchmarks/paired_steps.py --lever cls-top-layer --steps 40 [--fixed-length 64] --out r.json
 """
@@ -30,7 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--lever", choices=("row-embedding-grad", "cls-top-layer"), required=True)
+    ap.add_argument("--lever", choices=("row-embedding-grad", "cls-top-layer", "lazy-embedding-decay"), required=True)
     ap.add_argument("--steps", type=int, default=40, help="distinct batches; each runs twice on each side")
     ap.add_argument("--fixed-length", type=int, default=0,
                     help="batches of synthetic sentences of exactly this many tokens (train_speed.py's fixed data) "
@@ -38,11 +41,11 @@ def main() -> None:
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     sys.path.insert(0, str(REPO / "benchmarks"))
-    from train_speed import fixed_length_rows, length_grouped_mr_batches
+    from train_speed import fixed_length_rows, length_grouped_mr_batches, mr_train_token_ids
     from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding
 
     from bertops.modeling import resolve_model_path
-    from bertops.training import cls_top_layer, embedding_grad, fast_dropout
+    from bertops.training import cls_top_layer, embedding_grad, fast_dropout, lazy_embedding_decay
     from bertops.training.module import cpu_has_bf16_matmul
     from bertops.training.optim import build_optimizer
 
@@ -57,28 +60,41 @@ def main() -> None:
         rows = fixed_length_rows(16 * args.steps, tokenizer, args.fixed_length)
         features = encode_sequences(rows, tokenizer, labels, params.model.max_length)
         batches = [features[k:k + 16] for k in range(0, len(features), 16)]
+        read_ids = torch.unique(torch.tensor([i for f in features for i in f["input_ids"]] + [tokenizer.pad_token_id]))
     else:
         params, tokenizer, labels, batches = length_grouped_mr_batches(REPO / "params.yaml", args.steps)
+        read_ids = mr_train_token_ids(REPO / "params.yaml") if args.lever == "lazy-embedding-decay" else None
     collate = DataCollatorWithPadding(tokenizer)
-    torch.manual_seed(0)  # the new classifier head's initialisation
-    model = AutoModelForSequenceClassification.from_pretrained(resolve_model_path(params.model.name_or_path),
-                                                               num_labels=len(labels), dtype=torch.float32)
-    fast_dropout.install(model)
-    model.train()
-    rows_grad = embedding_grad.install(model)
-    assert rows_grad is not None, "the packaged model's embedding should take the row path"
-    opt = build_optimizer([{"params": list(model.parameters()), "lr": 1e-5, "weight_decay": 0.01}],
-                          betas=(0.9, 0.999), eps=1e-8)
+
+    def build(lazy: bool):
+        torch.manual_seed(0)  # the new classifier head's initialisation
+        model = AutoModelForSequenceClassification.from_pretrained(resolve_model_path(params.model.name_or_path),
+                                                                   num_labels=len(labels), dtype=torch.float32)
+        fast_dropout.install(model)
+        model.train()
+        if lazy:
+            assert lazy_embedding_decay.install(model, read_ids) is not None
+        rows_grad = embedding_grad.install(model)
+        assert rows_grad is not None, "the packaged model's embedding should take the row path"
+        top = cls_top_layer.install(model)
+        assert top is not None, "the packaged model's top block should take the [CLS] path"
+        opt = build_optimizer([{"params": list(model.parameters()), "lr": 1e-5, "weight_decay": 0.01}],
+                              betas=(0.9, 0.999), eps=1e-8)
+        return model, rows_grad, top, opt
+
+    two = args.lever == "lazy-embedding-decay"
+    sides = {"on": build(True), "off": build(False)} if two else dict.fromkeys(("on", "off"), build(False))
     bf16 = cpu_has_bf16_matmul()
     autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
     max_norm = params.train.max_grad_norm
-    top = cls_top_layer.install(model)
-    assert top is not None, "the packaged model's top block should take the [CLS] path"
     parts = {k: {"forward_backward": [], "clip": [], "adamw": [], "zero": [], "step": []} for k in ("on", "off")}
     for rep, batch in enumerate(batches * 2):
         for name in (("on", "off") if rep % 2 else ("off", "on")):
             inputs = collate(batch)
             on = name == "on"
+            model, rows_grad, top, opt = sides[name]
+            if two and on:
+                model.get_input_embeddings().decay(1e-5, 0.01)  # what the train stage's module does each step
             rows_on = on or args.lever != "row-embedding-grad"
             rows_grad.embedding.sparse = rows_on
             top.set(on or args.lever != "cls-top-layer")
@@ -98,7 +114,7 @@ def main() -> None:
                 parts[name][key].append(seconds)
     row = {"lever": args.lever, "data": f"fixed {args.fixed_length} tokens" if args.fixed_length else "mr",
            "steps_each": len(parts["on"]["step"]), "batch_size": 16, "bf16_autocast": bf16,
-           "max_grad_norm": max_norm, "threads": torch.get_num_threads(), "torch": torch.__version__,
+           "max_grad_norm": max_norm, **({"rows_trained": int(read_ids.numel())} if two else {}), "threads": torch.get_num_threads(), "torch": torch.__version__,
            "date": datetime.date.today().isoformat(),
            **{f"median_ms_{name}_{key}": round(1000 * statistics.median(v), 1)
               for name, p in parts.items() for key, v in p.items()}}

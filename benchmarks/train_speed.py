@@ -79,6 +79,20 @@ def length_grouped_mr_batches(params_path: Path, steps: int, batch_size: int = 1
     return params, tokenizer, labels, batches
 
 
+def mr_train_token_ids(params_path: Path) -> torch.Tensor:
+    """Every token id MR's encoded training split holds, and the pad id: the rows train.lazy_embedding_decay trains."""
+    from bertops.corpora.splitting import read_split
+    from bertops.modeling import load_tokenizer
+    from bertops.tasks.sequence_classification import encode_sequences
+
+    with tempfile.TemporaryDirectory() as tmp:
+        params, layout = prepared_mr(params_path, Path(tmp))
+        tokenizer = load_tokenizer(params.model.name_or_path)
+        labels = json.loads(layout.labels_file.read_text())
+        features = encode_sequences(read_split(layout.split("train")), tokenizer, labels, params.model.max_length)
+    return torch.unique(torch.tensor([i for f in features for i in f["input_ids"]] + [tokenizer.pad_token_id]))
+
+
 def fixed_length_rows(n: int, tokenizer, length: int) -> list[dict]:
     """Texts that encode to exactly `length` tokens (random vocabulary words), with random labels."""
     rng = random.Random(0)

@@ -106,6 +106,11 @@ class TrainParams(_Section):
         "auto", description="the word embedding's gradient formed and clipped over the rows a batch read, not the "
                             "whole vocabulary table (bertops/training/embedding_grad.py; the same gradient); auto = "
                             "on a CPU, off on a GPU (docs/performance.md has the A/B rows)")
+    lazy_embedding_decay: bool | Literal["auto"] = Field(
+        "auto", description="the word-embedding rows no training sentence reads are held apart in training and "
+                            "only decayed, once, when next needed: what full AdamW does to them, without its pass "
+                            "over them each step (bertops/training/lazy_embedding_decay.py); auto = on a CPU, off "
+                            "on a GPU (docs/performance.md has the A/B rows)")
     cls_top_layer: bool | Literal["auto"] = Field(
         "auto", description="for a task whose head reads the top block's [CLS] alone, the top transformer block "
                             "computes [CLS] only in training (bertops/training/cls_top_layer.py; the same loss and "

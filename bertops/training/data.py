@@ -65,6 +65,16 @@ class FineTuneData(L.LightningDataModule):
             self.rows[name] = rows
             self.splits[name] = EncodedSplit(self.encode(rows, self.tokenizer, self.labels))
 
+    def train_token_ids(self) -> torch.Tensor | None:
+        """Every token id a training batch can hold (the train split's and the pad token), or None where the
+        collator draws ids of its own (masked-LM masking)."""
+        if hasattr(self.collate, "rng") or "train" not in self.splits:
+            return None
+        ids = [torch.as_tensor(f["input_ids"], dtype=torch.long).reshape(-1) for f in self.splits["train"].features]
+        if self.tokenizer.pad_token_id is not None:
+            ids.append(torch.tensor([self.tokenizer.pad_token_id]))
+        return torch.unique(torch.cat(ids))
+
     # ---- the data order and the masks across a kill: saved in every checkpoint, restored on resume -------------
     def state_dict(self) -> dict:
         """Where the training order's generator and the masking RNG stand (at an epoch's end, where Lightning

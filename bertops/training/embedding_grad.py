@@ -60,8 +60,11 @@ def install(model: nn.Module, processes: int = 1) -> RowEmbeddingGrad | None:
     the handle `clip_and_densify` needs, or None where the dense path stays (see the module docstring)."""
     if processes > 1 or not hasattr(model, "get_input_embeddings"):
         return None
+    from bertops.training.lazy_embedding_decay import LazyDecayEmbedding
+
     embedding = model.get_input_embeddings()
-    if type(embedding) is not nn.Embedding or not embedding.weight.requires_grad or embedding.max_norm is not None:
+    if (type(embedding) not in (nn.Embedding, LazyDecayEmbedding) or not embedding.weight.requires_grad
+            or embedding.max_norm is not None):
         return None
     shared = sum(1 for _, p in model.named_parameters(remove_duplicate=False) if p is embedding.weight)
     output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None

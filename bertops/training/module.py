@@ -8,7 +8,7 @@ import lightning as L
 import torch
 
 from bertops.config import FinetuneParams, TrainParams
-from bertops.training import cls_top_layer, embedding_grad, fast_dropout
+from bertops.training import cls_top_layer, embedding_grad, fast_dropout, lazy_embedding_decay
 from bertops.training.optim import build_optimizer, build_schedule, param_groups
 from bertops.training.encoder_parts import encoder_parts
 
@@ -31,8 +31,13 @@ class FineTuner(L.LightningModule):
             fast_dropout.install(self.model)  # no weights: checkpoints and the eval-mode model are unchanged
         self.rows_grad = None
         self.cls_top = None
+        self.lazy_decay = None
 
     def setup(self, stage):
+        if stage == "fit" and auto_lazy_embedding_decay(self.hp) and self.lazy_decay is None:
+            read_ids = getattr(self.trainer.datamodule, "train_token_ids", lambda: None)()
+            self.lazy_decay = lazy_embedding_decay.install(self.model, read_ids, processes=self.trainer.world_size,
+                                                           precision=str(self.trainer.precision))
         if stage == "fit" and auto_row_embedding_grad(self.hp) and self.rows_grad is None:
             self.rows_grad = embedding_grad.install(self.model, processes=self.trainer.world_size)
         if (stage == "fit" and self.READS_CLS_ONLY and self.finetune.layer_features == "last"
@@ -68,6 +73,8 @@ class FineTuner(L.LightningModule):
         # Clipping here rather than through Trainer(gradient_clip_val=...): Lightning's mixed-precision plugin
         # refuses to clip for fused optimizers, and this hook already sees unscaled gradients.
         embedding_grad.clip_and_densify(self.parameters(), self.hp.max_grad_norm, self.rows_grad)
+        if self.lazy_decay is not None:
+            self.lazy_decay.before_step(optimizer)
 
     def on_fit_end(self):
         if self.rows_grad is not None:
@@ -76,6 +83,9 @@ class FineTuner(L.LightningModule):
         if self.cls_top is not None:
             self.cls_top.release()
             self.cls_top = None
+        if self.lazy_decay is not None:  # after the sparse gradient's release: the stock table comes back
+            self.lazy_decay.release()
+            self.lazy_decay = None
 
     def configure_optimizers(self):
         hp = self.hp
@@ -133,6 +143,15 @@ def auto_row_embedding_grad(train: TrainParams) -> bool:
     if train.row_embedding_grad == "auto":
         return not on_gpu(train.accelerator)
     return train.row_embedding_grad
+
+
+def auto_lazy_embedding_decay(train: TrainParams) -> bool:
+    """Whether the word-embedding rows no training sentence reads are decayed lazily (bertops.training.
+    lazy_embedding_decay): `auto` = on a CPU, where AdamW's pass over them was measured (docs/performance.md); off on
+    a GPU, where that pass is one fast kernel."""
+    if train.lazy_embedding_decay == "auto":
+        return not on_gpu(train.accelerator)
+    return train.lazy_embedding_decay
 
 
 def auto_cls_top_layer(train: TrainParams) -> bool:
