@@ -41,11 +41,12 @@ def main() -> None:
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     sys.path.insert(0, str(REPO / "benchmarks"))
-    from train_speed import fixed_length_rows, length_grouped_mr_batches, mr_train_token_ids
+    from train_speed import fixed_length_rows, length_grouped_batches, mr_train_features
     from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding
 
     from bertops.modeling import resolve_model_path
     from bertops.training import cls_top_layer, embedding_grad, fast_dropout, lazy_embedding_decay
+    from bertops.training.data import token_ids
     from bertops.training.module import cpu_has_bf16_matmul
     from bertops.training.optim import build_optimizer
 
@@ -60,10 +61,10 @@ def main() -> None:
         rows = fixed_length_rows(16 * args.steps, tokenizer, args.fixed_length)
         features = encode_sequences(rows, tokenizer, labels, params.model.max_length)
         batches = [features[k:k + 16] for k in range(0, len(features), 16)]
-        read_ids = torch.unique(torch.tensor([i for f in features for i in f["input_ids"]] + [tokenizer.pad_token_id]))
     else:
-        params, tokenizer, labels, batches = length_grouped_mr_batches(REPO / "params.yaml", args.steps)
-        read_ids = mr_train_token_ids(REPO / "params.yaml") if args.lever == "lazy-embedding-decay" else None
+        params, tokenizer, labels, features = mr_train_features(REPO / "params.yaml")
+        batches = length_grouped_batches(features, args.steps)
+    read_ids = token_ids(features, tokenizer.pad_token_id)  # the rows train.lazy_embedding_decay trains
     collate = DataCollatorWithPadding(tokenizer)
 
     def build(lazy: bool):
@@ -114,7 +115,8 @@ def main() -> None:
                 parts[name][key].append(seconds)
     row = {"lever": args.lever, "data": f"fixed {args.fixed_length} tokens" if args.fixed_length else "mr",
            "steps_each": len(parts["on"]["step"]), "batch_size": 16, "bf16_autocast": bf16,
-           "max_grad_norm": max_norm, **({"rows_trained": int(read_ids.numel())} if two else {}), "threads": torch.get_num_threads(), "torch": torch.__version__,
+           "max_grad_norm": max_norm, **({"rows_trained": int(read_ids.numel())} if two else {}),
+           "threads": torch.get_num_threads(), "torch": torch.__version__,
            "date": datetime.date.today().isoformat(),
            **{f"median_ms_{name}_{key}": round(1000 * statistics.median(v), 1)
               for name, p in parts.items() for key, v in p.items()}}

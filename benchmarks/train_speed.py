@@ -60,10 +60,8 @@ def prepared_mr(params_path: Path, workdir: Path):
     return params, layout
 
 
-def length_grouped_mr_batches(params_path: Path, steps: int, batch_size: int = 16, seed: int = 0):
-    """`steps` MR training batches as the train stage groups them (a shuffled pool sorted by length, cut into
-    batches), encoded as its task family encodes them: (params, tokenizer, labels, batches of feature dicts).
-    The paired step A/Bs (pad_multiple.py, paired_steps.py) run both sides over these."""
+def mr_train_features(params_path: Path):
+    """MR's training split encoded as its task family encodes it: (params, tokenizer, labels, features)."""
     from bertops.corpora.splitting import read_split
     from bertops.modeling import load_tokenizer
     from bertops.tasks.sequence_classification import encode_sequences
@@ -73,24 +71,22 @@ def length_grouped_mr_batches(params_path: Path, steps: int, batch_size: int = 1
         tokenizer = load_tokenizer(params.model.name_or_path)
         labels = json.loads(layout.labels_file.read_text())
         features = encode_sequences(read_split(layout.split("train")), tokenizer, labels, params.model.max_length)
+    return params, tokenizer, labels, features
+
+
+def length_grouped_batches(features: list[dict], steps: int, batch_size: int = 16, seed: int = 0) -> list[list]:
+    """`steps` batches as the train stage groups them: a shuffled pool sorted by length, cut into batches."""
     order = torch.randperm(len(features), generator=torch.Generator().manual_seed(seed)).tolist()
     pool = sorted(order[: batch_size * steps], key=lambda i: len(features[i]["input_ids"]))
-    batches = [[features[i] for i in pool[k:k + batch_size]] for k in range(0, len(pool), batch_size)]
-    return params, tokenizer, labels, batches
+    return [[features[i] for i in pool[k:k + batch_size]] for k in range(0, len(pool), batch_size)]
 
 
-def mr_train_token_ids(params_path: Path) -> torch.Tensor:
-    """Every token id MR's encoded training split holds, and the pad id: the rows train.lazy_embedding_decay trains."""
-    from bertops.corpora.splitting import read_split
-    from bertops.modeling import load_tokenizer
-    from bertops.tasks.sequence_classification import encode_sequences
-
-    with tempfile.TemporaryDirectory() as tmp:
-        params, layout = prepared_mr(params_path, Path(tmp))
-        tokenizer = load_tokenizer(params.model.name_or_path)
-        labels = json.loads(layout.labels_file.read_text())
-        features = encode_sequences(read_split(layout.split("train")), tokenizer, labels, params.model.max_length)
-    return torch.unique(torch.tensor([i for f in features for i in f["input_ids"]] + [tokenizer.pad_token_id]))
+def length_grouped_mr_batches(params_path: Path, steps: int, batch_size: int = 16, seed: int = 0):
+    """`steps` MR training batches as the train stage groups them, encoded as its task family encodes them:
+    (params, tokenizer, labels, batches of feature dicts). The paired step A/Bs (pad_multiple.py, paired_steps.py)
+    run both sides over these."""
+    params, tokenizer, labels, features = mr_train_features(params_path)
+    return params, tokenizer, labels, length_grouped_batches(features, steps, batch_size, seed)
 
 
 def fixed_length_rows(n: int, tokenizer, length: int) -> list[dict]:

@@ -32,6 +32,14 @@ class EncodedSplit(Dataset):
         return sum(self.lengths)
 
 
+def token_ids(features: list[dict], pad_token_id: int | None) -> torch.Tensor:
+    """The distinct token ids of encoded features, and the pad id: what their padded batches can hold."""
+    ids = [torch.as_tensor(f["input_ids"], dtype=torch.long).reshape(-1) for f in features]
+    if pad_token_id is not None:
+        ids.append(torch.tensor([pad_token_id]))
+    return torch.unique(torch.cat(ids))
+
+
 class FineTuneData(L.LightningDataModule):
     """Splits encoded once by the task family (one feature per text, sentence, or context window), batched with
     dynamic padding by the family's collators."""
@@ -70,10 +78,7 @@ class FineTuneData(L.LightningDataModule):
         collator draws ids of its own (masked-LM masking)."""
         if hasattr(self.collate, "rng") or "train" not in self.splits:
             return None
-        ids = [torch.as_tensor(f["input_ids"], dtype=torch.long).reshape(-1) for f in self.splits["train"].features]
-        if self.tokenizer.pad_token_id is not None:
-            ids.append(torch.tensor([self.tokenizer.pad_token_id]))
-        return torch.unique(torch.cat(ids))
+        return token_ids(self.splits["train"].features, self.tokenizer.pad_token_id)
 
     # ---- the data order and the masks across a kill: saved in every checkpoint, restored on resume -------------
     def state_dict(self) -> dict:

@@ -58,19 +58,27 @@ class RowEmbeddingGrad:
 def install(model: nn.Module, processes: int = 1) -> RowEmbeddingGrad | None:
     """Make the model's input word embedding's gradient sparse where that gives the same dense gradient; returns
     the handle `clip_and_densify` needs, or None where the dense path stays (see the module docstring)."""
-    if processes > 1 or not hasattr(model, "get_input_embeddings"):
+    if processes > 1:
         return None
     from bertops.training.lazy_embedding_decay import LazyDecayEmbedding
 
+    embedding = own_input_embedding(model, (nn.Embedding, LazyDecayEmbedding))
+    return RowEmbeddingGrad(embedding) if embedding is not None else None
+
+
+def own_input_embedding(model: nn.Module, kinds: tuple[type, ...]):
+    """The model's input word embedding where it is exactly one of `kinds`, trains, has no max_norm and is the
+    model's own: no other module shares its weight (an MLM head tied to it reads every row); else None."""
+    if not hasattr(model, "get_input_embeddings"):
+        return None
     embedding = model.get_input_embeddings()
-    if (type(embedding) not in (nn.Embedding, LazyDecayEmbedding) or not embedding.weight.requires_grad
-            or embedding.max_norm is not None):
+    if type(embedding) not in kinds or not embedding.weight.requires_grad or embedding.max_norm is not None:
         return None
     shared = sum(1 for _, p in model.named_parameters(remove_duplicate=False) if p is embedding.weight)
     output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if shared > 1 or (output is not None and getattr(output, "weight", None) is embedding.weight):
         return None
-    return RowEmbeddingGrad(embedding)
+    return embedding
 
 
 def clip_and_densify(parameters, max_norm: float | None, rows_grad: RowEmbeddingGrad | None) -> None:

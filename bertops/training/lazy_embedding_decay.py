@@ -132,14 +132,12 @@ def install(model: nn.Module, read_ids: torch.Tensor | None, processes: int = 1,
             precision: str | None = None) -> LazyEmbeddingDecay | None:
     """Hold the model's input word embedding permuted, the rows in `read_ids` trained (see the module docstring);
     None where the stock embedding stays."""
-    if read_ids is None or processes > 1 or precision == "16-mixed" or not hasattr(model, "get_input_embeddings"):
+    from bertops.training.embedding_grad import own_input_embedding
+
+    if read_ids is None or processes > 1 or precision == "16-mixed":
         return None
-    embedding = model.get_input_embeddings()
-    if type(embedding) is not nn.Embedding or not embedding.weight.requires_grad or embedding.max_norm is not None:
-        return None
-    shared = sum(1 for _, p in model.named_parameters(remove_duplicate=False) if p is embedding.weight)
-    output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    if shared > 1 or (output is not None and getattr(output, "weight", None) is embedding.weight):
+    embedding = own_input_embedding(model, (nn.Embedding,))
+    if embedding is None:
         return None
     lazy = LazyDecayEmbedding(embedding, read_ids.to(embedding.weight.device))
     if lazy.rows == lazy.num_embeddings:
