@@ -11,6 +11,9 @@ stage's module calls. Reports each side's median step time and where the step's 
     --lever lazy-embedding-decay: train.lazy_embedding_decay (off: AdamW over the whole word-embedding table). The
       two sides are two copies of the model, each with its own AdamW, since the lever changes the parameters;
       the rows trained are those the whole MR train split reads (or the fixed-length data's)
+    --lever compile: train.compile=true (off: eager, the default), on two copies of the model, every other lever
+      on; the model is compiled as the train stage's module compiles it (`model.compile(dynamic=True)`, inductor),
+      and the first step's seconds (the compile) are reported apart from the medians
 
     python benchmarks/paired_steps.py --lever cls-top-layer --steps 40 [--fixed-length 64] --out r.json
 """
@@ -33,7 +36,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--lever", choices=("row-embedding-grad", "cls-top-layer", "lazy-embedding-decay"), required=True)
+    ap.add_argument("--lever", choices=("row-embedding-grad", "cls-top-layer", "lazy-embedding-decay", "compile"), required=True)
     ap.add_argument("--steps", type=int, default=40, help="distinct batches; each runs twice on each side")
     ap.add_argument("--fixed-length", type=int, default=0,
                     help="batches of synthetic sentences of exactly this many tokens (train_speed.py's fixed data) "
@@ -67,7 +70,7 @@ def main() -> None:
     read_ids = token_ids(features, tokenizer.pad_token_id)  # the rows train.lazy_embedding_decay trains
     collate = DataCollatorWithPadding(tokenizer)
 
-    def build(lazy: bool):
+    def build(lazy: bool, compiled: bool = False):
         torch.manual_seed(0)  # the new classifier head's initialisation
         model = AutoModelForSequenceClassification.from_pretrained(resolve_model_path(params.model.name_or_path),
                                                                    num_labels=len(labels), dtype=torch.float32)
@@ -79,12 +82,18 @@ def main() -> None:
         assert rows_grad is not None, "the packaged model's embedding should take the row path"
         top = cls_top_layer.install(model)
         assert top is not None, "the packaged model's top block should take the [CLS] path"
+        if compiled:  # after the installs, as FineTuner.setup does
+            model.compile(dynamic=True)
         opt = build_optimizer([{"params": list(model.parameters()), "lr": 1e-5, "weight_decay": 0.01}],
                               betas=(0.9, 0.999), eps=1e-8)
         return model, rows_grad, top, opt
 
-    two = args.lever == "lazy-embedding-decay"
-    sides = {"on": build(True), "off": build(False)} if two else dict.fromkeys(("on", "off"), build(False))
+    two = args.lever in ("lazy-embedding-decay", "compile")
+    if args.lever == "compile":  # the train stage's CPU defaults on both sides
+        sides = {"on": build(True, compiled=True), "off": build(True)}
+    else:
+        sides = {"on": build(True), "off": build(False)} if two else dict.fromkeys(("on", "off"), build(False))
+    lazy_side = {"on": two, "off": args.lever == "compile"}
     bf16 = cpu_has_bf16_matmul()
     autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
     max_norm = params.train.max_grad_norm
@@ -94,7 +103,7 @@ def main() -> None:
             inputs = collate(batch)
             on = name == "on"
             model, rows_grad, top, opt = sides[name]
-            if two and on:
+            if lazy_side[name]:
                 model.get_input_embeddings().decay(1e-5, 0.01)  # what the train stage's module does each step
             rows_on = on or args.lever != "row-embedding-grad"
             rows_grad.embedding.sparse = rows_on
@@ -116,6 +125,7 @@ def main() -> None:
     row = {"lever": args.lever, "data": f"fixed {args.fixed_length} tokens" if args.fixed_length else "mr",
            "steps_each": len(parts["on"]["step"]), "batch_size": 16, "bf16_autocast": bf16,
            "max_grad_norm": max_norm, **({"rows_trained": int(read_ids.numel())} if two else {}),
+           **{f"first_step_s_{name}": round(p["step"][0], 2) for name, p in parts.items()},
            "threads": torch.get_num_threads(), "torch": torch.__version__,
            "date": datetime.date.today().isoformat(),
            **{f"median_ms_{name}_{key}": round(1000 * statistics.median(v), 1)
