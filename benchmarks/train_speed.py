@@ -4,6 +4,7 @@ fixed-length synthetic data.
 
     python benchmarks/train_speed.py                       # CPU: every runner, MR + fixed length, 2 rounds
     python benchmarks/train_speed.py --sentences 640 --rounds 1 --runners bertops hf-trainer-same-recipe
+    python benchmarks/train_speed.py --full --data mr --rounds 1   # full runs: every epoch, then test accuracy
 
 Runners (the `runner` key of each row):
 - bertops: the train stage's own objects: `task_data` (FineTuneData: encoded once, length-grouped batches, the
@@ -19,6 +20,10 @@ Each runner trains a fresh copy of the model (params.yaml's model.name_or_path: 
 tokens/s, and seconds per MR epoch at that speed; `ratio_vs_*` compare runners of one round and data set.
 Results go to benchmarks/results/<host>-<date>.json (the host's CPU model or GPU name; -2, -3 ... for later runs
 of the day); on a GPU with a known peak, rows carry `mfu` too (model FLOPs: `model_flops_per_token`).
+`--full` trains each runner for whole epochs over the whole training split (`train.epochs`; HF Trainer's own
+default of 3 for `hf-trainer`) and scores its final model on MR's test split with the evaluate stage's batched
+inference (`bertops.inference.predict_proba`: the same scorer for every runner), so that a speed row never hides a
+loss of accuracy: rows then carry `test_accuracy`, `epochs` and `total_seconds` (model load to last step).
 `--variant NAME:section.key=value` adds an A/B row of the bertops runner with params changed (a lever against the
 default), e.g. `--variant pad8:train.pad_to_multiple_of=8 --variant compile:train.compile=true`.
 """
@@ -34,6 +39,7 @@ import random
 import statistics
 import tempfile
 import time
+import typing
 from pathlib import Path
 
 import torch
@@ -154,8 +160,19 @@ class Clock:
         return sentences / seconds, tokens / seconds, seconds, self.start - self.created
 
 
+class Trained(typing.NamedTuple):
+    """What a runner returns: its rates (`Clock.rates`) and the model it trained, with the tokenizer and labels."""
+    sentences_per_s: float
+    tokens_per_s: float
+    seconds: float
+    warmup_seconds: float
+    model: torch.nn.Module
+    tokenizer: object
+    labels: list
+
+
 # ---- runners -------------------------------------------------------------------------------------------------
-def run_bertops(params, rows_path: Path, steps: int, warmup: int):
+def run_bertops(params, rows_path: Path, steps: int, warmup: int, epochs: int | None = None):
     import lightning as L
 
     from bertops.modeling import load_tokenizer
@@ -176,11 +193,11 @@ def run_bertops(params, rows_path: Path, steps: int, warmup: int):
         def on_train_batch_end(self, trainer, *args):
             clock.step_end(trainer.global_step, counter)
 
-    kwargs = {**trainer_kwargs(params), "max_epochs": -1}
-    trainer = L.Trainer(**kwargs, max_steps=steps, callbacks=[Tick()], enable_checkpointing=False,
+    kwargs = {**trainer_kwargs(params), "max_epochs": epochs or -1}
+    trainer = L.Trainer(**kwargs, max_steps=-1 if epochs else steps, callbacks=[Tick()], enable_checkpointing=False,
                         enable_progress_bar=False, limit_val_batches=0)
     trainer.fit(module, datamodule=data)
-    return clock.rates(counter)
+    return Trained(*clock.rates(counter), module.model, tokenizer, labels)
 
 
 def _hf_features(params, rows_path: Path, tokenizer, labels):
@@ -191,7 +208,7 @@ def _hf_features(params, rows_path: Path, tokenizer, labels):
     return encode_sequences(rows, tokenizer, labels, params.model.max_length)
 
 
-def run_hf(params, rows_path: Path, steps: int, warmup: int, same_recipe: bool):
+def run_hf(params, rows_path: Path, steps: int, warmup: int, epochs: int | None = None, *, same_recipe: bool):
     from transformers import (AutoModelForSequenceClassification, DataCollatorWithPadding, Trainer, TrainerCallback,
                               TrainingArguments)
 
@@ -220,13 +237,15 @@ def run_hf(params, rows_path: Path, steps: int, warmup: int, same_recipe: bool):
     else:
         recipe = dict(per_device_train_batch_size=32, use_cpu=not torch.cuda.is_available())
     with tempfile.TemporaryDirectory() as out:
-        args = TrainingArguments(output_dir=out, max_steps=steps, report_to=[], save_strategy="no",
-                                 logging_steps=10_000, disable_tqdm=True, seed=hp.seed, **recipe)
+        # full runs: the recipe's epochs, or Trainer's own default (3) for its defaults
+        length = ({"num_train_epochs": hp.epochs} if same_recipe else {}) if epochs else {"max_steps": steps}
+        args = TrainingArguments(output_dir=out, report_to=[], save_strategy="no", logging_steps=10_000,
+                                 disable_tqdm=True, seed=hp.seed, **length, **recipe)
         Trainer(model=model, args=args, train_dataset=features, data_collator=counter, callbacks=[Tick()]).train()
-    return clock.rates(counter)
+    return Trained(*clock.rates(counter), model, tokenizer, labels)
 
 
-def run_plain(params, rows_path: Path, steps: int, warmup: int):
+def run_plain(params, rows_path: Path, steps: int, warmup: int, epochs: int | None = None):
     from torch.utils.data import DataLoader
     from transformers import (AutoModelForSequenceClassification, DataCollatorWithPadding,
                               get_linear_schedule_with_warmup)
@@ -246,6 +265,7 @@ def run_plain(params, rows_path: Path, steps: int, warmup: int):
                                    generator=torch.Generator().manual_seed(hp.seed))
     counter, clock = CountingCollator(DataCollatorWithPadding(tokenizer)), Clock(warmup)
     loader = DataLoader(features, batch_size=hp.batch_size, sampler=sampler, collate_fn=counter)
+    steps = epochs * len(loader) if epochs else steps
     opt = torch.optim.AdamW(model.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
     schedule = get_linear_schedule_with_warmup(opt, int(hp.warmup_ratio * steps), steps)
     step = 0
@@ -261,7 +281,7 @@ def run_plain(params, rows_path: Path, steps: int, warmup: int):
             clock.step_end(step, counter)
             if step == steps:
                 break
-    return clock.rates(counter)
+    return Trained(*clock.rates(counter), model, tokenizer, labels)
 
 
 RUNNERS = {
@@ -270,6 +290,17 @@ RUNNERS = {
     "hf-trainer-same-recipe": lambda *a: run_hf(*a, same_recipe=True),
     "plain": run_plain,
 }
+
+
+def score_on_test(trained: "Trained", test_path: Path, max_length: int) -> float:
+    """The trained model's accuracy on a prepared test split, scored by the evaluate stage's batched inference
+    (length-sorted batches; fp32 on a CPU, bf16 on a GPU), the same scorer for every runner."""
+    from bertops.corpora.splitting import read_split
+    from bertops.inference import predict_proba
+
+    rows = read_split(test_path)
+    probs = predict_proba(trained.model, trained.tokenizer, [r["text"] for r in rows], max_length=max_length)
+    return float(sum(trained.labels[int(i)] == r["label"] for i, r in zip(probs.argmax(axis=1), rows)) / len(rows))
 
 
 def parse_variant(text: str) -> tuple[str, dict]:
@@ -298,6 +329,10 @@ def summarize(rows: list[dict], datas: list[str], names: list[str]) -> list[dict
         best = {n: max((rate[(data, n, k)] for k in rounds if (data, n, k) in rate), default=None) for n in names}
         for runner in names:
             entry = {"data": data, "runner": runner, "best_sentences_per_s": best[runner]}
+            accuracies = [r["test_accuracy"] for r in rows if r["data"] == data and label(r) == runner
+                          and "test_accuracy" in r]
+            if accuracies:  # full runs: every round's, so that a faster round never stands for a worse model
+                entry["test_accuracy"] = accuracies
             for other in ("hf-trainer", "hf-trainer-same-recipe", "bertops"):
                 if other in best and other != runner and best[other] and best[runner]:
                     entry[f"ratio_vs_{other}"] = round(best[runner] / best[other], 2)
@@ -364,9 +399,15 @@ def main() -> None:
     ap.add_argument("--mr-split", type=Path, help="a prepared MR train.jsonl (labels.json beside it) instead of "
                                                   "importing and preparing the corpus (a machine without the sdist)")
     ap.add_argument("--peak-tflops", type=float, help="the device's dense bf16 peak, for MFU (default: known GPUs)")
+    ap.add_argument("--full", action="store_true",
+                    help="full runs on MR: whole epochs over the whole training split, then test accuracy")
     ap.add_argument("--padding", action="store_true",
                     help="only count one MR epoch of the bertops runner's batches: how much of them is padding")
     args = ap.parse_args()
+    if args.full and args.data != ["mr"]:
+        ap.error("--full scores on MR's test split: pass --data mr (the fixed-length data's labels are random)")
+    if args.full and args.mr_split and not (args.mr_split.parent / "test.jsonl").is_file():
+        ap.error(f"--full needs the test split beside --mr-split: {args.mr_split.parent / 'test.jsonl'} is missing")
     variants = dict(parse_variant(v) for v in args.variant)
     from bertops.config import with_overrides
 
@@ -406,11 +447,23 @@ def main() -> None:
                     batch = 32 if runner == "hf-trainer" else params.train.batch_size
                     steps = args.warmup + args.sentences // batch
                     run_params = with_overrides(params, variants[variant]) if variant else params
-                    sps, tps, seconds, warm_s = RUNNERS[runner](run_params, data_paths[data], steps, args.warmup)
+                    started = time.perf_counter()
+                    trained = RUNNERS[runner](run_params, data_paths[data], steps, args.warmup,
+                                              run_params.train.epochs if args.full else None)
+                    total_s = time.perf_counter() - started
+                    sps, tps, seconds, warm_s = trained[:4]
+                    full = {}
+                    if args.full:
+                        full = {"epochs": 3 if runner == "hf-trainer" else run_params.train.epochs,
+                                "total_seconds": round(total_s, 1),
+                                "test_accuracy": round(score_on_test(trained, data_paths[data].parent / "test.jsonl",
+                                                                     run_params.model.max_length), 4)}
+                    del trained
                     row = {"runner": runner, **({"variant": variant, "overrides": variants[variant]}
                                                 if variant else {}),
                            "data": data, "round": round_, "batch_size": batch,
-                           "timed_steps": steps - args.warmup, "sentences_per_s": round(sps, 1),
+                           "timed_steps": None if args.full else steps - args.warmup,
+                           "sentences_per_s": round(sps, 1), **full,
                            "real_tokens_per_s": round(tps, 1), "timed_seconds": round(seconds, 2),
                            "warmup_seconds": round(warm_s, 2),
                            "s_per_mr_epoch": round(epoch_sentences / sps, 1) if data == "mr" else None,
