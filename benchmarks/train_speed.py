@@ -483,7 +483,7 @@ def main() -> None:
         out = out.with_name(f"{host_name()}-{datetime.date.today().isoformat()}-{n}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"command": "python benchmarks/train_speed.py " + " ".join(
-        f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
+        f"--{k.replace('_', '-')}" + ("" if v is True else f" {' '.join(map(str, v)) if isinstance(v, list) else v}")
         for k, v in vars(args).items() if k not in ("params", "out") and v not in (None, False, [])),
         "rows": rows_out, "best": summary},
         indent=1) + "\n")
