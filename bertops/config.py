@@ -83,7 +83,8 @@ class TrainParams(_Section):
         2, ge=1, description="epochs without improvement of task.metric before stopping; null = never"
     )
     precision: Literal["auto", "32-true", "bf16-mixed", "16-mixed"] = Field(
-        "auto", description="auto = bf16-mixed on a GPU that supports it or a CPU with AMX or AVX-512 BF16, else 32-true"
+        "auto", description="auto = bf16-mixed on a GPU that supports it or a CPU with AMX or AVX-512 BF16, "
+                            "else 32-true"
     )
     accelerator: Literal["auto", "cpu", "gpu"] = "auto"
     devices: int | Literal["auto"] = Field("auto", description="devices per machine (on a CPU: processes); auto = "
