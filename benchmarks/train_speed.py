@@ -23,7 +23,8 @@ of the day); on a GPU with a known peak, rows carry `mfu` too (model FLOPs: `mod
 `--full` trains each runner for whole epochs over the whole training split (`train.epochs`; HF Trainer's own
 default of 3 for `hf-trainer`) and scores its final model on MR's test split with the evaluate stage's batched
 inference (`bertops.inference.predict_proba`: the same scorer for every runner), so that a speed row never hides a
-loss of accuracy: rows then carry `test_accuracy`, `epochs` and `total_seconds` (model load to last step).
+loss of accuracy: rows then carry `test_accuracy`, `epochs` (as the trainer counted them) and `total_seconds`
+(model load to last step).
 `--variant NAME:section.key=value` adds an A/B row of the bertops runner with params changed (a lever against the
 default), e.g. `--variant pad8:train.pad_to_multiple_of=8 --variant compile:train.compile=true`.
 """
@@ -169,6 +170,7 @@ class Trained(typing.NamedTuple):
     model: torch.nn.Module
     tokenizer: object
     labels: list
+    epochs: float  # as the trainer counted them
 
 
 # ---- runners -------------------------------------------------------------------------------------------------
@@ -197,7 +199,7 @@ def run_bertops(params, rows_path: Path, steps: int, warmup: int, epochs: int | 
     trainer = L.Trainer(**kwargs, max_steps=-1 if epochs else steps, callbacks=[Tick()], enable_checkpointing=False,
                         enable_progress_bar=False, limit_val_batches=0)
     trainer.fit(module, datamodule=data)
-    return Trained(*clock.rates(counter), module.model, tokenizer, labels)
+    return Trained(*clock.rates(counter), module.model, tokenizer, labels, trainer.current_epoch)
 
 
 def _hf_features(params, rows_path: Path, tokenizer, labels):
@@ -238,11 +240,12 @@ def run_hf(params, rows_path: Path, steps: int, warmup: int, epochs: int | None 
         recipe = dict(per_device_train_batch_size=32, use_cpu=not torch.cuda.is_available())
     with tempfile.TemporaryDirectory() as out:
         # full runs: the recipe's epochs, or Trainer's own default (3) for its defaults
-        length = ({"num_train_epochs": hp.epochs} if same_recipe else {}) if epochs else {"max_steps": steps}
+        length = ({"num_train_epochs": epochs} if same_recipe else {}) if epochs else {"max_steps": steps}
         args = TrainingArguments(output_dir=out, report_to=[], save_strategy="no", logging_steps=10_000,
                                  disable_tqdm=True, seed=hp.seed, **length, **recipe)
-        Trainer(model=model, args=args, train_dataset=features, data_collator=counter, callbacks=[Tick()]).train()
-    return Trained(*clock.rates(counter), model, tokenizer, labels)
+        trainer = Trainer(model=model, args=args, train_dataset=features, data_collator=counter, callbacks=[Tick()])
+        trainer.train()
+    return Trained(*clock.rates(counter), model, tokenizer, labels, trainer.state.epoch)
 
 
 def run_plain(params, rows_path: Path, steps: int, warmup: int, epochs: int | None = None):
@@ -281,7 +284,7 @@ def run_plain(params, rows_path: Path, steps: int, warmup: int, epochs: int | No
             clock.step_end(step, counter)
             if step == steps:
                 break
-    return Trained(*clock.rates(counter), model, tokenizer, labels)
+    return Trained(*clock.rates(counter), model, tokenizer, labels, step / len(loader))
 
 
 RUNNERS = {
@@ -454,7 +457,7 @@ def main() -> None:
                     sps, tps, seconds, warm_s = trained[:4]
                     full = {}
                     if args.full:
-                        full = {"epochs": 3 if runner == "hf-trainer" else run_params.train.epochs,
+                        full = {"epochs": round(trained.epochs, 2),
                                 "total_seconds": round(total_s, 1),
                                 "test_accuracy": round(score_on_test(trained, data_paths[data].parent / "test.jsonl",
                                                                      run_params.model.max_length), 4)}
