@@ -106,7 +106,7 @@ class FineTuner(L.LightningModule):
 def cpu_has_bf16_matmul() -> bool:
     """Whether this CPU multiplies bf16 matrices in hardware, where bf16 autocast pays off: Intel's AMX tiles, or
     AVX-512 BF16's dot-product instructions (AMD Zen 4 has them and no AMX). Measured on a 2-core AMD EPYC with
-    AVX-512 BF16: oneDNN's bf16 products of MiniLM's shapes 2.2x the fp32 ones, training steps about 1.7x, the same
+    AVX-512 BF16: torch's bf16 products of MiniLM's shapes 2.2x the fp32 ones, training steps about 1.7x, the same
     accuracy (docs/performance.md). Without either, bf16 is emulated and many times slower than fp32."""
     return any(bool(probe and probe()) for probe in (getattr(torch.cpu, "_is_amx_tile_supported", None),
                                                       getattr(torch.cpu, "_is_avx512_bf16_supported", None)))
