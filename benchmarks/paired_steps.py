@@ -14,6 +14,9 @@ stage's module calls. Reports each side's median step time and where the step's 
     --lever compile: train.compile=true (off: eager, the default), on two copies of the model, every other lever
       on; the model is compiled as the train stage's module compiles it (`model.compile(dynamic=True)`, inductor),
       and the first step's seconds (the compile) are reported apart from the medians
+    --lever bf16-working-weights: train.bf16_working_weights (off: autocast's casts of the Linear weights, their fp32
+      gradients, clipping's scaling and fused AdamW over them), on two copies of the model, every other lever on;
+      the fused update compiles at the first step, whose seconds are reported apart from the medians
 
     python benchmarks/paired_steps.py --lever cls-top-layer --steps 40 [--fixed-length 64] --out r.json
 """
@@ -36,7 +39,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--lever", choices=("row-embedding-grad", "cls-top-layer", "lazy-embedding-decay", "compile"), required=True)
+    ap.add_argument("--lever", choices=("row-embedding-grad", "cls-top-layer", "lazy-embedding-decay", "compile",
+                                                "bf16-working-weights"), required=True)
     ap.add_argument("--steps", type=int, default=40, help="distinct batches; each runs twice on each side")
     ap.add_argument("--fixed-length", type=int, default=0,
                     help="batches of synthetic sentences of exactly this many tokens (train_speed.py's fixed data) "
@@ -48,7 +52,7 @@ def main() -> None:
     from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding
 
     from bertops.modeling import resolve_model_path
-    from bertops.training import cls_top_layer, embedding_grad, fast_dropout, lazy_embedding_decay
+    from bertops.training import cls_top_layer, embedding_grad, fast_dropout, lazy_embedding_decay, working_weights
     from bertops.training.data import token_ids
     from bertops.training.module import cpu_has_bf16_matmul
     from bertops.training.optim import build_optimizer
@@ -70,7 +74,7 @@ def main() -> None:
     read_ids = token_ids(features, tokenizer.pad_token_id)  # the rows train.lazy_embedding_decay trains
     collate = DataCollatorWithPadding(tokenizer)
 
-    def build(lazy: bool, compiled: bool = False):
+    def build(lazy: bool, compiled: bool = False, working: bool = False):
         torch.manual_seed(0)  # the new classifier head's initialisation
         model = AutoModelForSequenceClassification.from_pretrained(resolve_model_path(params.model.name_or_path),
                                                                    num_labels=len(labels), dtype=torch.float32)
@@ -86,15 +90,20 @@ def main() -> None:
             model.compile(dynamic=True)
         opt = build_optimizer([{"params": list(model.parameters()), "lr": 1e-5, "weight_decay": 0.01}],
                               betas=(0.9, 0.999), eps=1e-8)
-        return model, rows_grad, top, opt
+        handle = working_weights.install(model, opt) if working else None
+        assert handle is not None or not working, "the packaged model's Linears should take the working copies"
+        return model, rows_grad, top, opt, handle
 
-    two = args.lever in ("lazy-embedding-decay", "compile")
+    two = args.lever in ("lazy-embedding-decay", "compile", "bf16-working-weights")
+    bf16 = cpu_has_bf16_matmul()
     if args.lever == "compile":  # the train stage's CPU defaults on both sides
         sides = {"on": build(True, compiled=True), "off": build(True)}
+    elif args.lever == "bf16-working-weights":
+        assert bf16, "the lever applies under bf16 autocast only (a CPU with AMX or AVX-512 BF16)"
+        sides = {"on": build(True, working=True), "off": build(True)}
     else:
         sides = {"on": build(True), "off": build(False)} if two else dict.fromkeys(("on", "off"), build(False))
-    lazy_side = {"on": two, "off": args.lever == "compile"}
-    bf16 = cpu_has_bf16_matmul()
+    lazy_side = {"on": two, "off": args.lever in ("compile", "bf16-working-weights")}
     autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
     max_norm = params.train.max_grad_norm
     parts = {k: {"forward_backward": [], "clip": [], "adamw": [], "zero": [], "step": []} for k in ("on", "off")}
@@ -102,7 +111,7 @@ def main() -> None:
         for name in (("on", "off") if rep % 2 else ("off", "on")):
             inputs = collate(batch)
             on = name == "on"
-            model, rows_grad, top, opt = sides[name]
+            model, rows_grad, top, opt, handle = sides[name]
             if lazy_side[name]:
                 model.get_input_embeddings().decay(1e-5, 0.01)  # what the train stage's module does each step
             rows_on = on or args.lever != "row-embedding-grad"
@@ -113,7 +122,8 @@ def main() -> None:
                 loss = model(**inputs).loss
             loss.backward()
             t1 = time.perf_counter()
-            embedding_grad.clip_and_densify(list(model.parameters()), max_norm, rows_grad if rows_on else None)
+            embedding_grad.clip_and_densify(list(model.parameters()), max_norm, rows_grad if rows_on else None,
+                                            handle)
             t2 = time.perf_counter()
             opt.step()
             t3 = time.perf_counter()

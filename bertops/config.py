@@ -116,6 +116,12 @@ class TrainParams(_Section):
         "auto", description="for a task whose head reads the top block's [CLS] alone, the top transformer block "
                             "computes [CLS] only in training (bertops/training/cls_top_layer.py; the same loss and "
                             "gradients); auto = on a CPU, off on a GPU (docs/performance.md has the A/B rows)")
+    bf16_working_weights: bool | Literal["auto"] = Field(
+        "auto", description="under bf16-mixed on a CPU, each trainable Linear reads a bf16 working copy of its "
+                            "weights, and clipping's scaling, AdamW and the copy's refresh run as one pass generated "
+                            "by torch.compile (bertops/training/working_weights.py; full AdamW, the same update up "
+                            "to rounding); auto = there, where a C++ compiler is found (docs/performance.md has "
+                            "the A/B rows)")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes")
     max_train_examples: int | None = Field(None, ge=1, description="train on a random subset of N examples (seeded by train.seed)")
     train_fraction: float = Field(1.0, gt=0, le=1, description="train on a random share of the training split "

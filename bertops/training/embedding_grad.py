@@ -81,19 +81,30 @@ def own_input_embedding(model: nn.Module, kinds: tuple[type, ...]):
     return embedding
 
 
-def clip_and_densify(parameters, max_norm: float | None, rows_grad: RowEmbeddingGrad | None) -> None:
+def clip_and_densify(parameters, max_norm: float | None, rows_grad: RowEmbeddingGrad | None,
+                     working=None) -> None:
     """Clip every gradient to a total norm of `max_norm` (as torch.nn.utils.clip_grad_norm_ does), counting and
-    scaling the embedding's gradient by its touched rows only, then hand the optimizer its dense gradient."""
+    scaling the embedding's gradient by its touched rows only, then hand the optimizer its dense gradient.
+    `working` (bertops.training.working_weights.WorkingWeights): the Linears' bf16 working gradients count in the
+    norm too, and their scaling is left to its fused update (it takes the coefficient)."""
     taken = rows_grad.take() if rows_grad is not None else None
-    if taken is None:
+    if taken is None and working is None:
         if max_norm:
             torch.nn.utils.clip_grad_norm_(parameters, max_norm, foreach=True)
         return
-    rows, values = taken
-    others = [p for p in parameters if p.grad is not None and p is not rows_grad.weight]
+    skip = rows_grad.weight if taken is not None else None
+    others = [p for p in parameters if p.grad is not None and p is not skip]
+    rows, values = taken if taken is not None else (None, None)
     if max_norm:
-        grads = [p.grad for p in others]
-        total = torch.nn.utils.get_total_norm([*grads, values], foreach=True)
+        norms = [p.grad for p in others] + ([values] if taken is not None else [])
+        total = torch.nn.utils.get_total_norm(norms, foreach=True) if norms else torch.zeros(())
+        if working is not None:
+            total = torch.sqrt(total.float().square() + working.grad_squares())
         torch.nn.utils.clip_grads_with_norm_(others, max_norm, total, foreach=True)
-        values = values * torch.clamp(max_norm / (total + 1e-6), max=1.0)  # clip_grads_with_norm_'s coefficient
-    rows_grad.put(rows, values)
+        coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)  # clip_grads_with_norm_'s coefficient
+        if taken is not None:
+            values = values * coef
+        if working is not None:
+            working.coef = coef
+    if taken is not None:
+        rows_grad.put(rows, values)

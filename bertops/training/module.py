@@ -8,7 +8,7 @@ import lightning as L
 import torch
 
 from bertops.config import FinetuneParams, TrainParams
-from bertops.training import cls_top_layer, embedding_grad, fast_dropout, lazy_embedding_decay
+from bertops.training import cls_top_layer, embedding_grad, fast_dropout, lazy_embedding_decay, working_weights
 from bertops.training.optim import build_optimizer, build_schedule, param_groups
 from bertops.training.encoder_parts import encoder_parts
 
@@ -32,6 +32,7 @@ class FineTuner(L.LightningModule):
         self.rows_grad = None
         self.cls_top = None
         self.lazy_decay = None
+        self.working = None
 
     def setup(self, stage):
         if stage == "fit" and auto_lazy_embedding_decay(self.hp) and self.lazy_decay is None:
@@ -72,11 +73,18 @@ class FineTuner(L.LightningModule):
     def on_before_optimizer_step(self, optimizer):
         # Clipping here rather than through Trainer(gradient_clip_val=...): Lightning's mixed-precision plugin
         # refuses to clip for fused optimizers, and this hook already sees unscaled gradients.
-        embedding_grad.clip_and_densify(self.parameters(), self.hp.max_grad_norm, self.rows_grad)
+        embedding_grad.clip_and_densify(self.parameters(), self.hp.max_grad_norm, self.rows_grad, self.working)
         if self.lazy_decay is not None:
             self.lazy_decay.before_step(optimizer)
 
+    def on_train_start(self):
+        if self.working is not None:  # the masters as they are now (a resume loaded them)
+            self.working.refresh()
+
     def on_fit_end(self):
+        if self.working is not None:  # first: the Linears' parameters get their own storage back
+            self.working.release()
+            self.working = None
         if self.rows_grad is not None:
             self.rows_grad.release()
             self.rows_grad = None
@@ -98,6 +106,12 @@ class FineTuner(L.LightningModule):
         # fp16 with a GradScaler needs the non-fused step (Lightning unscales before clipping only then)
         fused = self.trainer.precision != "16-mixed"
         optimizer = build_optimizer(groups, betas=hp.adam_betas, eps=hp.adam_eps, fused=fused, kind=hp.optimizer)
+        if self.working is not None:  # a second fit of this module
+            self.working.release()
+            self.working = None
+        if (auto_bf16_working_weights(hp, str(self.trainer.precision)) and self.trainer.world_size == 1
+                and self.trainer.accumulate_grad_batches == 1):
+            self.working = working_weights.install(self.model, optimizer)
         schedule = build_schedule(optimizer, total_steps=int(self.trainer.estimated_stepping_batches),
                                   warmup_ratio=hp.warmup_ratio)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
@@ -163,6 +177,18 @@ def auto_cls_top_layer(train: TrainParams) -> bool:
     if train.cls_top_layer == "auto":
         return not on_gpu(train.accelerator)
     return train.cls_top_layer
+
+
+def auto_bf16_working_weights(train: TrainParams, precision: str) -> bool:
+    """Whether the trainable Linears train on bf16 working copies stepped in one fused pass with their fp32 masters
+    (bertops.training.working_weights): only under bf16-mixed on a CPU with torch's AdamW, and not with
+    `train.compile`; `auto` = there, where inductor finds a C++ compiler (the paired step A/B and the runners:
+    docs/performance.md). The train stage's module also needs one process and one micro-batch a step."""
+    if precision != "bf16-mixed" or on_gpu(train.accelerator) or train.optimizer != "adamw" or auto_compile(train):
+        return False
+    if train.bf16_working_weights == "auto":
+        return working_weights.have_compiler()
+    return train.bf16_working_weights
 
 
 def auto_precision(precision: str, accelerator: str = "auto") -> str:
