@@ -120,8 +120,8 @@ class TrainParams(_Section):
         "auto", description="under bf16-mixed on a CPU, each trainable Linear reads a bf16 working copy of its "
                             "weights, and clipping's scaling, AdamW and the copy's refresh run as one pass generated "
                             "by torch.compile (bertops/training/working_weights.py; full AdamW, the same update up "
-                            "to rounding); auto = there, where a C++ compiler is found (docs/performance.md has "
-                            "the A/B rows)")
+                            "to rounding); auto = there on a CPU with AMX, where a C++ compiler is found "
+                            "(docs/performance.md has the A/B rows)")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes")
     max_train_examples: int | None = Field(None, ge=1, description="train on a random subset of N examples (seeded by train.seed)")
     train_fraction: float = Field(1.0, gt=0, le=1, description="train on a random share of the training split "

@@ -182,13 +182,20 @@ def auto_cls_top_layer(train: TrainParams) -> bool:
 def auto_bf16_working_weights(train: TrainParams, precision: str) -> bool:
     """Whether the trainable Linears train on bf16 working copies stepped in one fused pass with their fp32 masters
     (bertops.training.working_weights): only under bf16-mixed on a CPU with torch's AdamW, and not with
-    `train.compile`; `auto` = there, where inductor finds a C++ compiler (the paired step A/B and the runners:
-    docs/performance.md). The train stage's module also needs one process and one micro-batch a step."""
+    `train.compile`; `auto` = there on a CPU with AMX, where the paired step A/B and the runners measured it
+    (docs/performance.md), when inductor finds a C++ compiler; not yet measured on AVX-512 BF16 without AMX, so off
+    there unless set true. The train stage's module also needs one process and one micro-batch a step."""
     if precision != "bf16-mixed" or on_gpu(train.accelerator) or train.optimizer != "adamw" or auto_compile(train):
         return False
     if train.bf16_working_weights == "auto":
-        return working_weights.have_compiler()
+        return cpu_has_amx() and working_weights.have_compiler()
     return train.bf16_working_weights
+
+
+def cpu_has_amx() -> bool:
+    """Whether this CPU has Intel's AMX tiles."""
+    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    return bool(probe and probe())
 
 
 def auto_precision(precision: str, accelerator: str = "auto") -> str:
