@@ -122,8 +122,7 @@ def cpu_has_bf16_matmul() -> bool:
     AVX-512 BF16's dot-product instructions (AMD Zen 4 has them and no AMX). Measured on a 2-core AMD EPYC with
     AVX-512 BF16: torch's bf16 products of MiniLM's shapes 2.2x the fp32 ones, training steps about 1.7x, the same
     accuracy (docs/performance.md). Without either, bf16 is emulated and many times slower than fp32."""
-    return any(bool(probe and probe()) for probe in (getattr(torch.cpu, "_is_amx_tile_supported", None),
-                                                      getattr(torch.cpu, "_is_avx512_bf16_supported", None)))
+    return cpu_has_amx() or _cpu_probe("_is_avx512_bf16_supported")
 
 
 def on_gpu(accelerator: str = "auto") -> bool:
@@ -194,7 +193,12 @@ def auto_bf16_working_weights(train: TrainParams, precision: str) -> bool:
 
 def cpu_has_amx() -> bool:
     """Whether this CPU has Intel's AMX tiles."""
-    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    return _cpu_probe("_is_amx_tile_supported")
+
+
+def _cpu_probe(name: str) -> bool:
+    """torch.cpu's private feature probe `name`, False where this torch has none."""
+    probe = getattr(torch.cpu, name, None)
     return bool(probe and probe())
 
 

@@ -202,7 +202,10 @@ class WorkingWeights:
         entries.sort(key=lambda e: e[0])
         self.step = torch.tensor(0.0)  # AdamW's "step" state (one count: every master steps together)
         self.modules = list(dict.fromkeys(s.module for _, s in entries))
-        self.groups = self._build({g: [s for (k, _), s in entries if k == g] for (g, _), _ in entries})
+        by_group: dict[int, list[_Slot]] = {}
+        for (group, _), slot in entries:  # sorted: each group's slots in the optimizer's order
+            by_group.setdefault(group, []).append(slot)
+        self.groups = self._build(by_group)
         self.active = False  # the Linears the training forward reaches are known (at the first step)
         self._update = self._squares = self._eager = None
         self._hooks = [optimizer.register_step_post_hook(lambda opt, args, kwargs: self.after_step()),
