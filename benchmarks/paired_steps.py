@@ -17,6 +17,8 @@ stage's module calls. Reports each side's median step time and where the step's 
     --lever bf16-working-weights: train.bf16_working_weights (off: autocast's casts of the Linear weights, their fp32
       gradients, clipping's scaling and fused AdamW over them), on two copies of the model, every other lever on;
       the fused update compiles at the first step, whose seconds are reported apart from the medians
+    --lever fused-attention-probs: train.fused_attention_probs (off: fast dropout's eager attention), on one model
+      with every other CPU lever on (bf16 working weights included), the kernel switched per step
 
     python benchmarks/paired_steps.py --lever cls-top-layer --steps 40 [--fixed-length 64] --out r.json
 """
@@ -40,7 +42,7 @@ REPO = Path(__file__).resolve().parents[1]
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--lever", choices=("row-embedding-grad", "cls-top-layer", "lazy-embedding-decay", "compile",
-                                                "bf16-working-weights"), required=True)
+                                                "bf16-working-weights", "fused-attention-probs"), required=True)
     ap.add_argument("--steps", type=int, default=40, help="distinct batches; each runs twice on each side")
     ap.add_argument("--fixed-length", type=int, default=0,
                     help="batches of synthetic sentences of exactly this many tokens (train_speed.py's fixed data) "
@@ -52,7 +54,8 @@ def main() -> None:
     from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding
 
     from bertops.modeling import resolve_model_path
-    from bertops.training import cls_top_layer, embedding_grad, fast_dropout, lazy_embedding_decay, working_weights
+    from bertops.training import (attention_probs, cls_top_layer, embedding_grad, fast_dropout, lazy_embedding_decay,
+                                  working_weights)
     from bertops.training.data import token_ids
     from bertops.training.module import cpu_has_bf16_matmul
     from bertops.training.optim import build_optimizer
@@ -101,9 +104,15 @@ def main() -> None:
     elif args.lever == "bf16-working-weights":
         assert bf16, "the lever applies under bf16 autocast only (a CPU with AMX or AVX-512 BF16)"
         sides = {"on": build(True, working=True), "off": build(True)}
+    elif args.lever == "fused-attention-probs":
+        assert bf16, "the lever applies under bf16 autocast only (a CPU with AMX or AVX-512 BF16)"
+        sides = dict.fromkeys(("on", "off"), build(True, working=True))
+        assert attention_probs.install(sides["on"][0]) > 0, "the kernel should build and the attention be routed"
+        attention_modules = [m for m in sides["on"][0].modules() if hasattr(m, fast_dropout.FUSED_PROBS)]
     else:
         sides = {"on": build(True), "off": build(False)} if two else dict.fromkeys(("on", "off"), build(False))
-    lazy_side = {"on": two, "off": args.lever in ("compile", "bf16-working-weights")}
+    lazy_side = {"on": two or args.lever == "fused-attention-probs",
+                 "off": args.lever in ("compile", "bf16-working-weights", "fused-attention-probs")}
     autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
     max_norm = params.train.max_grad_norm
     parts = {k: {"forward_backward": [], "clip": [], "adamw": [], "zero": [], "step": []} for k in ("on", "off")}
@@ -117,6 +126,9 @@ def main() -> None:
             rows_on = on or args.lever != "row-embedding-grad"
             rows_grad.embedding.sparse = rows_on
             top.set(on or args.lever != "cls-top-layer")
+            if args.lever == "fused-attention-probs":
+                for module in attention_modules:
+                    setattr(module, fast_dropout.FUSED_PROBS, on)
             t0 = time.perf_counter()
             with autocast():
                 loss = model(**inputs).loss

@@ -116,6 +116,11 @@ class TrainParams(_Section):
         "auto", description="for a task whose head reads the top block's [CLS] alone, the top transformer block "
                             "computes [CLS] only in training (bertops/training/cls_top_layer.py; the same loss and "
                             "gradients); auto = on a CPU, off on a GPU (docs/performance.md has the A/B rows)")
+    fused_attention_probs: bool | Literal["auto"] = Field(
+        "auto", description="with fast dropout, the training attention's scaling, mask, softmax and dropout run as "
+                            "one C++ kernel, and their backward as another (bertops/training/attention_probs.py; the "
+                            "same masks, the same result up to rounding); auto = under bf16-mixed on a CPU with AMX, "
+                            "where a C++ compiler is found (docs/performance.md has the A/B rows)")
     bf16_working_weights: bool | Literal["auto"] = Field(
         "auto", description="under bf16-mixed on a CPU, each trainable Linear reads a bf16 working copy of its "
                             "weights, and clipping's scaling, AdamW and the copy's refresh run as one pass generated "

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 ATTENTION = "bertops_fast_dropout"
+FUSED_PROBS = "bertops_fused_attention_probs"  # set on an attention module by attention_probs.install
 _RESOLUTION = 1 << 16
 
 
@@ -31,14 +32,23 @@ def quantized_p(p: float) -> float:
     return _dropped_of_resolution(p) / _RESOLUTION
 
 
-def keep_mask(shape: torch.Size, p: float, device: torch.device | str = "cpu") -> torch.Tensor:
-    """A boolean mask, True with probability 1 - quantized_p(p), four elements per 64-bit draw."""
+def random_words(shape: torch.Size, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Uniform int16 words of `shape`, four from each 64-bit draw of torch's generator."""
     n = 1
     for size in shape:
         n *= size
     words = torch.empty((n + 3) // 4, dtype=torch.int64, device=device).random_(-(1 << 63), None)
-    threshold = _dropped_of_resolution(p) - (1 << 15)  # int16 values are uniform on [-32768, 32767]
-    return words.view(torch.int16)[:n].view(shape) >= threshold
+    return words.view(torch.int16)[:n].view(shape)
+
+
+def keep_threshold(p: float) -> int:
+    """A word is kept where it is >= this: probability 1 - quantized_p(p) (int16 is uniform on [-32768, 32767])."""
+    return _dropped_of_resolution(p) - (1 << 15)
+
+
+def keep_mask(shape: torch.Size, p: float, device: torch.device | str = "cpu") -> torch.Tensor:
+    """A boolean mask, True with probability 1 - quantized_p(p), four elements per 64-bit draw."""
+    return random_words(shape, device) >= keep_threshold(p)
 
 
 def fast_dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
@@ -68,6 +78,12 @@ def attention(module, query, key, value, attention_mask, dropout: float = 0.0, s
                                       **kwargs)
     if scaling is None:
         scaling = query.size(-1) ** -0.5
+    if getattr(module, FUSED_PROBS, False):  # train.fused_attention_probs: the same, in one kernel each way
+        from bertops.training import attention_probs
+
+        context = attention_probs.attend(query, key, value, attention_mask, dropout, scaling)
+        if context is not None:
+            return context, None
     weights = torch.matmul(query, key.transpose(2, 3)) * scaling
     if attention_mask is not None:
         if attention_mask.dtype == torch.bool:  # sdpa's mask: True = attend
