@@ -19,6 +19,8 @@ stage's module calls. Reports each side's median step time and where the step's 
       the fused update compiles at the first step, whose seconds are reported apart from the medians
     --lever fused-attention-probs: train.fused_attention_probs (off: fast dropout's eager attention), on one model
       with every other CPU lever on (bf16 working weights included), the kernel switched per step
+    --lever fused-dropout-add-norm: train.fused_dropout_add_norm (off: the blocks' own dropout, add and LayerNorm),
+      likewise on one model with every other CPU lever on (the fused attention included)
 
     python benchmarks/paired_steps.py --lever cls-top-layer --steps 40 [--fixed-length 64] --out r.json
 """
@@ -32,6 +34,7 @@ import json
 import statistics
 import sys
 import time
+import types
 from pathlib import Path
 
 import torch
@@ -42,7 +45,8 @@ REPO = Path(__file__).resolve().parents[1]
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--lever", choices=("row-embedding-grad", "cls-top-layer", "lazy-embedding-decay", "compile",
-                                                "bf16-working-weights", "fused-attention-probs"), required=True)
+                                                "bf16-working-weights", "fused-attention-probs",
+                                                "fused-dropout-add-norm"), required=True)
     ap.add_argument("--steps", type=int, default=40, help="distinct batches; each runs twice on each side")
     ap.add_argument("--fixed-length", type=int, default=0,
                     help="batches of synthetic sentences of exactly this many tokens (train_speed.py's fixed data) "
@@ -54,8 +58,8 @@ def main() -> None:
     from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding
 
     from bertops.modeling import resolve_model_path
-    from bertops.training import (attention_probs, cls_top_layer, embedding_grad, fast_dropout, lazy_embedding_decay,
-                                  working_weights)
+    from bertops.training import (attention_probs, cls_top_layer, dropout_add_norm, embedding_grad, fast_dropout,
+                                  lazy_embedding_decay, working_weights)
     from bertops.training.data import token_ids
     from bertops.training.module import cpu_has_bf16_matmul
     from bertops.training.optim import build_optimizer
@@ -109,10 +113,17 @@ def main() -> None:
         sides = dict.fromkeys(("on", "off"), build(True, working=True))
         assert attention_probs.install(sides["on"][0]) > 0, "the kernel should build and the attention be routed"
         attention_modules = [m for m in sides["on"][0].modules() if hasattr(m, fast_dropout.FUSED_PROBS)]
+    elif args.lever == "fused-dropout-add-norm":
+        assert bf16, "the lever applies under bf16 autocast only (a CPU with AMX or AVX-512 BF16)"
+        sides = dict.fromkeys(("on", "off"), build(True, working=True))
+        assert attention_probs.install(sides["on"][0]) > 0, "the kernels should build and the attention be routed"
+        assert dropout_add_norm.install(sides["on"][0]) > 0, "the blocks' outputs should take the kernel"
+        fused_outputs = [m for m in sides["on"][0].modules() if "forward" in vars(m) and hasattr(m, "LayerNorm")]
     else:
         sides = {"on": build(True), "off": build(False)} if two else dict.fromkeys(("on", "off"), build(False))
-    lazy_side = {"on": two or args.lever == "fused-attention-probs",
-                 "off": args.lever in ("compile", "bf16-working-weights", "fused-attention-probs")}
+    one_model_all_on = ("fused-attention-probs", "fused-dropout-add-norm")
+    lazy_side = {"on": two or args.lever in one_model_all_on,
+                 "off": args.lever in ("compile", "bf16-working-weights", *one_model_all_on)}
     autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
     max_norm = params.train.max_grad_norm
     parts = {k: {"forward_backward": [], "clip": [], "adamw": [], "zero": [], "step": []} for k in ("on", "off")}
@@ -129,6 +140,10 @@ def main() -> None:
             if args.lever == "fused-attention-probs":
                 for module in attention_modules:
                     setattr(module, fast_dropout.FUSED_PROBS, on)
+            if args.lever == "fused-dropout-add-norm":
+                for module in fused_outputs:
+                    module.forward = types.MethodType(dropout_add_norm._forward if on else type(module).forward,
+                                                      module)
             t0 = time.perf_counter()
             with autocast():
                 loss = model(**inputs).loss

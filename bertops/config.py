@@ -121,6 +121,11 @@ class TrainParams(_Section):
                             "one C++ kernel, and their backward as another (bertops/training/attention_probs.py; the "
                             "same masks, the same result up to rounding); auto = under bf16-mixed on a CPU with AMX, "
                             "where a C++ compiler is found (docs/performance.md has the A/B rows)")
+    fused_dropout_add_norm: bool | Literal["auto"] = Field(
+        "auto", description="with fast dropout, each block's dropout, residual add and LayerNorm run as one C++ "
+                            "kernel, and their backward as another (bertops/training/dropout_add_norm.py; the same "
+                            "masks, the same result up to rounding); auto = under bf16-mixed on a CPU with AMX, where "
+                            "a C++ compiler is found (docs/performance.md has the A/B rows)")
     bf16_working_weights: bool | Literal["auto"] = Field(
         "auto", description="under bf16-mixed on a CPU, each trainable Linear reads a bf16 working copy of its "
                             "weights, and clipping's scaling, AdamW and the copy's refresh run as one pass generated "

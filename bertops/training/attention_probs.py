@@ -14,44 +14,21 @@ as autocast computes it; the result is the eager path's up to rounding (the scor
 bf16 there). It applies in training under bf16 autocast with a boolean (or no) mask shared by the heads; anything
 else takes the eager path. Nothing is saved differently: no weights, and eval is sdpa as before.
 
-The kernel is built once per machine with torch's C++ extension builder (about 25 s; cached under
-TORCH_EXTENSIONS_DIR, default ~/.cache/torch_extensions) for torch's CPU capability (AVX-512 or AVX2). Where it
-cannot be built, `install` says so and leaves the model on the eager path.
+The kernel is built once per machine (bertops.training.cpu_kernels: about 25 s, then cached). Where it cannot be
+built, `install` leaves the model on the eager path.
 """
 
 from __future__ import annotations
 
-import functools
-import logging
-from pathlib import Path
-
 import torch
 from torch import nn
 
-from bertops.training import fast_dropout
-
-log = logging.getLogger(__name__)
-
-SOURCE = Path(__file__).with_name("csrc") / "attention_probs.cpp"
-_ISA_FLAGS = {"AVX512": ["-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl", "-mfma", "-mf16c"],
-              "AVX2": ["-mavx2", "-mfma", "-mf16c"]}
+from bertops.training import cpu_kernels, fast_dropout
 
 
-@functools.cache
 def kernels():
-    """The built extension (probs_forward, probs_backward), or None where it cannot be built here."""
-    from torch.utils.cpp_extension import load
-
-    isa = torch.backends.cpu.get_cpu_capability()
-    flags = _ISA_FLAGS.get(isa.replace("_ZMM", "").replace("_VNNI", ""), [])
-    name = f"bertops_attention_probs_{isa.lower()}"  # one build per instruction set: a shared cache stays safe
-    try:
-        return load(name=name, sources=[str(SOURCE)], extra_cflags=["-O3", "-fopenmp", *flags],
-                    extra_ldflags=["-fopenmp"], verbose=False)
-    except Exception as exc:  # no compiler, no ninja, a failed build: the eager path stays
-        log.warning("train.fused_attention_probs: the kernel could not be built (%s); attention stays eager",
-                    str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-        return None
+    """The built kernels (probs_forward, probs_backward), or None where they cannot be built here."""
+    return cpu_kernels.load()
 
 
 class _AttentionCore(torch.autograd.Function):

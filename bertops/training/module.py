@@ -8,8 +8,8 @@ import lightning as L
 import torch
 
 from bertops.config import FinetuneParams, TrainParams
-from bertops.training import (attention_probs, cls_top_layer, embedding_grad, fast_dropout, lazy_embedding_decay,
-                              working_weights)
+from bertops.training import (attention_probs, cls_top_layer, dropout_add_norm, embedding_grad, fast_dropout,
+                              lazy_embedding_decay, working_weights)
 from bertops.training.optim import build_optimizer, build_schedule, param_groups
 from bertops.training.encoder_parts import encoder_parts
 
@@ -31,7 +31,9 @@ class FineTuner(L.LightningModule):
         if auto_fast_dropout(train_params):
             fast_dropout.install(self.model)  # no weights: checkpoints and the eval-mode model are unchanged
             if auto_fused_attention_probs(train_params):
-                attention_probs.install(self.model)  # builds its kernel once per machine (cached)
+                attention_probs.install(self.model)  # builds the CPU kernels once per machine (cached)
+            if auto_fused_dropout_add_norm(train_params):
+                dropout_add_norm.install(self.model)
         self.rows_grad = None
         self.cls_top = None
         self.lazy_decay = None
@@ -185,13 +187,27 @@ def auto_fused_attention_probs(train: TrainParams) -> bool:
     """Whether fast dropout's training attention runs its softmax and dropout as one C++ kernel each way
     (bertops.training.attention_probs): only with fast dropout, under bf16-mixed on a CPU; `auto` = there on a CPU
     with AMX, where the paired step A/B measured it (docs/performance.md), when a C++ compiler is found."""
-    if not auto_fast_dropout(train) or on_gpu(train.accelerator):
-        return False
-    if auto_precision(train.precision, train.accelerator) != "bf16-mixed":
+    if not _fast_dropout_bf16_cpu(train):
         return False
     if train.fused_attention_probs == "auto":
         return cpu_has_amx() and working_weights.have_compiler()
     return train.fused_attention_probs
+
+
+def auto_fused_dropout_add_norm(train: TrainParams) -> bool:
+    """Whether each block's dropout, residual add and LayerNorm run as one C++ kernel each way
+    (bertops.training.dropout_add_norm): only with fast dropout, under bf16-mixed on a CPU; `auto` = there on a CPU
+    with AMX, where the paired step A/B measured it (docs/performance.md), when a C++ compiler is found."""
+    if not _fast_dropout_bf16_cpu(train):
+        return False
+    if train.fused_dropout_add_norm == "auto":
+        return cpu_has_amx() and working_weights.have_compiler()
+    return train.fused_dropout_add_norm
+
+
+def _fast_dropout_bf16_cpu(train: TrainParams) -> bool:
+    return (auto_fast_dropout(train) and not on_gpu(train.accelerator)
+            and auto_precision(train.precision, train.accelerator) == "bf16-mixed")
 
 
 def auto_bf16_working_weights(train: TrainParams, precision: str) -> bool:

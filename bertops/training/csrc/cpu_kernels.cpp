@@ -1,9 +1,15 @@
-// The attention probabilities of a training step in one pass each way, for bertops.training.attention_probs:
-// forward: softmax(where(mask, scores * scale, bf16 min)) over the last dim, then the fast-dropout masks (keep where
+// bertops's CPU training kernels (built by bertops/training/cpu_kernels.py), each one pass each way:
+//
+// The attention probabilities (bertops.training.attention_probs): forward: softmax(where(mask, scores * scale, bf16 min)) over the last dim, then the fast-dropout masks (keep where
 // a 16-bit word >= threshold, kept values times keep_scale); returns the dropped probabilities in bf16 (the
 // input of the product with V) and the probabilities in fp32 (saved for the backward). backward: the gradient
 // of the scores from the gradient of the dropped probabilities. Vectorised with ATen's Vectorized<float>; the
-// instruction set is the one the build is given (attention_probs.py passes torch's CPU capability).
+// instruction set is the one the build is given (cpu_kernels.py passes torch's CPU capability).
+//
+// Dropout, residual add and LayerNorm (bertops.training.dropout_add_norm): forward: h = y * keep * keep_scale +
+// residual (y bf16, the residual fp32), out = (h - mean) * rstd * gamma + beta in fp32, as autocast's layer_norm;
+// returns out and the normalised h and rstd for the backward. backward: the gradients of y (bf16), the residual,
+// gamma and beta.
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512DQ__) && defined(__AVX512VL__)
 #define CPU_CAPABILITY_AVX512
 #define CPU_CAPABILITY AVX512
@@ -17,6 +23,7 @@
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/vec.h>
 #include <ATen/cpu/vec/functional.h>
+#include <cmath>
 #include <limits>
 #include <vector>
 
@@ -115,7 +122,91 @@ at::Tensor probs_backward(const at::Tensor& g, const at::Tensor& probs, const at
   return out;
 }
 
+std::vector<at::Tensor> dropout_add_norm_forward(const at::Tensor& y, const at::Tensor& residual, const at::Tensor& words,
+                                                 int64_t threshold, double keep_scale, const at::Tensor& gamma,
+                                                 const at::Tensor& beta, double eps) {
+  TORCH_CHECK(y.scalar_type() == at::kBFloat16 && y.is_contiguous());
+  TORCH_CHECK(residual.scalar_type() == at::kFloat && residual.is_contiguous() && residual.sizes() == y.sizes());
+  TORCH_CHECK(words.scalar_type() == at::kShort && words.is_contiguous() && words.sizes() == y.sizes());
+  const int64_t C = y.size(-1), rows = y.numel() / C;
+  TORCH_CHECK(gamma.scalar_type() == at::kFloat && beta.scalar_type() == at::kFloat && gamma.numel() == C &&
+              beta.numel() == C && gamma.is_contiguous() && beta.is_contiguous());
+  auto out = at::empty(y.sizes(), residual.options());
+  auto xhat = at::empty(y.sizes(), residual.options());
+  auto rstd = at::empty({rows}, residual.options());
+  const c10::BFloat16* Y = y.data_ptr<c10::BFloat16>(); const float* R = residual.data_ptr<float>();
+  const int16_t* W = words.data_ptr<int16_t>(); const float* G = gamma.data_ptr<float>();
+  const float* Bt = beta.data_ptr<float>();
+  float* O = out.data_ptr<float>(); float* X = xhat.data_ptr<float>(); float* RS = rstd.data_ptr<float>();
+  const float ksc = keep_scale, th = float(threshold); const double e = eps;
+  at::parallel_for(0, rows, 16, [=](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      float* __restrict__ x = X + r * C;
+      const float* __restrict__ res = R + r * C; const int16_t* __restrict__ w = W + r * C;
+      at::vec::convert(Y + r * C, x, C);
+      float sum = 0.f;
+      #pragma omp simd reduction(+:sum)
+      for (int64_t j = 0; j < C; ++j) { const float h = (float(w[j]) >= th ? x[j] * ksc : 0.f) + res[j]; x[j] = h; sum += h; }
+      const float mean = sum / C;
+      float var = 0.f;
+      #pragma omp simd reduction(+:var)
+      for (int64_t j = 0; j < C; ++j) { const float d = x[j] - mean; var += d * d; }
+      const float rs = 1.f / std::sqrt(var / C + float(e));
+      RS[r] = rs;
+      float* __restrict__ o = O + r * C;
+      #pragma omp simd
+      for (int64_t j = 0; j < C; ++j) { const float xh = (x[j] - mean) * rs; x[j] = xh; o[j] = xh * G[j] + Bt[j]; }
+    }
+  });
+  return {out, xhat, rstd};
+}
+
+std::vector<at::Tensor> dropout_add_norm_backward(const at::Tensor& grad, const at::Tensor& xhat, const at::Tensor& rstd,
+                                                  const at::Tensor& words, int64_t threshold, double keep_scale,
+                                                  const at::Tensor& gamma) {
+  auto g = grad.contiguous().to(at::kFloat);
+  TORCH_CHECK(xhat.is_contiguous() && g.sizes() == xhat.sizes());
+  const int64_t C = xhat.size(-1), rows = xhat.numel() / C;
+  auto grad_res = at::empty(xhat.sizes(), xhat.options());
+  auto grad_y = at::empty(xhat.sizes(), xhat.options().dtype(at::kBFloat16));
+  const int nt = at::get_num_threads();
+  auto partial = at::zeros({nt, 2, C}, xhat.options());  // per thread: gamma's and beta's gradients
+  const float* GO = g.data_ptr<float>(); const float* X = xhat.data_ptr<float>(); const float* RS = rstd.data_ptr<float>();
+  const int16_t* W = words.data_ptr<int16_t>(); const float* G = gamma.data_ptr<float>();
+  float* GR = grad_res.data_ptr<float>(); c10::BFloat16* GY = grad_y.data_ptr<c10::BFloat16>();
+  float* PT = partial.data_ptr<float>();
+  const float ksc = keep_scale, th = float(threshold);
+  at::parallel_for(0, rows, 16, [=](int64_t begin, int64_t end) {
+    float* __restrict__ dg = PT + at::get_thread_num() * 2 * C;
+    float* __restrict__ db = dg + C;
+    std::vector<float> buf(C);
+    float* __restrict__ t = buf.data();
+    for (int64_t r = begin; r < end; ++r) {
+      const float* __restrict__ go = GO + r * C; const float* __restrict__ x = X + r * C;
+      const int16_t* __restrict__ w = W + r * C;
+      float s1 = 0.f, s2 = 0.f;
+      #pragma omp simd reduction(+:s1, s2)
+      for (int64_t j = 0; j < C; ++j) {
+        dg[j] += go[j] * x[j]; db[j] += go[j];
+        const float gx = go[j] * G[j]; s1 += gx; s2 += gx * x[j];
+      }
+      const float m1 = s1 / C, m2 = s2 / C, rs = RS[r];
+      float* __restrict__ gr = GR + r * C;
+      #pragma omp simd
+      for (int64_t j = 0; j < C; ++j) {
+        const float dh = rs * (go[j] * G[j] - m1 - x[j] * m2);
+        gr[j] = dh; t[j] = float(w[j]) >= th ? dh * ksc : 0.f;
+      }
+      at::vec::convert(t, GY + r * C, C);
+    }
+  });
+  auto sums = partial.sum(0);
+  return {grad_y, grad_res, sums[0], sums[1]};
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("dropout_add_norm_forward", &dropout_add_norm_forward, "LayerNorm(dropout(y) + residual), fp32 out");
+  m.def("dropout_add_norm_backward", &dropout_add_norm_backward, "its gradients: y (bf16), residual, gamma, beta");
   m.def("probs_forward", &probs_forward, "scaled, masked softmax with fast-dropout masks (bf16 in; bf16, fp32 out)");
   m.def("probs_backward", &probs_backward, "the scores' gradient from the dropped probabilities' gradient");
 }
