@@ -4,7 +4,7 @@ With fast dropout (bertops.training.fast_dropout) a training step's attention is
 a scaling, the mask's fill, autocast's cast to fp32, the softmax, the dropout masks' comparison and two products,
 and the cast back to bf16 for the product with V; the backward undoes each. On MR's short rows (about 28 tokens)
 these element-wise passes and their autograd nodes cost more than the two products (docs/performance.md). Here the
-scaled, masked softmax and its dropout are one C++ pass (csrc/attention_probs.cpp, vectorised with ATen's
+scaled, masked softmax and its dropout are one C++ pass (csrc/cpu_kernels.cpp, vectorised with ATen's
 `Vectorized<float>`), and the backward's dropout and softmax gradients another, inside one autograd Function with the
 two products on each side.
 
