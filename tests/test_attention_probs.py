@@ -98,6 +98,7 @@ def test_auto_and_the_knob():
     assert auto_fused_attention_probs(TrainParams(fused_attention_probs=False)) is False
     assert auto_fused_attention_probs(TrainParams(fused_attention_probs=True, fast_dropout=False)) is False
     assert auto_fused_attention_probs(TrainParams(fused_attention_probs=True, precision="32-true")) is False
+    assert auto_fused_attention_probs(TrainParams(fused_attention_probs=True, precision="bf16-mixed", accelerator="cpu", compile=True)) is False
     assert auto_fused_attention_probs(TrainParams(fused_attention_probs=True, precision="bf16-mixed",
                                                   accelerator="cpu")) is True
     with pytest.raises(ValidationError, match="fused_attention_probs"):

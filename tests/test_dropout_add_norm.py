@@ -82,6 +82,7 @@ def test_auto_and_the_knob():
     assert auto_fused_dropout_add_norm(TrainParams(fused_dropout_add_norm=False)) is False
     assert auto_fused_dropout_add_norm(TrainParams(fused_dropout_add_norm=True, fast_dropout=False)) is False
     assert auto_fused_dropout_add_norm(TrainParams(fused_dropout_add_norm=True, precision="32-true")) is False
+    assert auto_fused_dropout_add_norm(TrainParams(fused_dropout_add_norm=True, precision="bf16-mixed", accelerator="cpu", compile=True)) is False
     assert auto_fused_dropout_add_norm(TrainParams(fused_dropout_add_norm=True, precision="bf16-mixed",
                                                    accelerator="cpu")) is True
     with pytest.raises(ValidationError, match="fused_dropout_add_norm"):

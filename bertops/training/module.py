@@ -206,7 +206,9 @@ def auto_fused_dropout_add_norm(train: TrainParams) -> bool:
 
 
 def _fast_dropout_bf16_cpu(train: TrainParams) -> bool:
-    return (auto_fast_dropout(train) and not on_gpu(train.accelerator)
+    """Where the CPU kernels apply: fast dropout under bf16-mixed on a CPU, in eager mode (torch.compile would trace
+    into the extension's calls)."""
+    return (auto_fast_dropout(train) and not on_gpu(train.accelerator) and not auto_compile(train)
             and auto_precision(train.precision, train.accelerator) == "bf16-mixed")
 
 
