@@ -160,16 +160,20 @@ def test_qa_pipeline_through_the_flow_fits_registers_and_predicts(tmp_path, tiny
     assert metrics["exact_match"] >= 0.9, metrics
     assert metrics["no_answer_questions"] > 0 and metrics["no_answer_exact_match"] >= 0.8
 
+    # `bertops predict` on a held-out question that evaluate answered right gives that answer (a hand-written
+    # sentence used to stand here: whether the tiny model, at 0.9 exact match, gets one such sentence right flipped
+    # with the rounding of the training kernels at seed 0 while seeds 1 and 2 passed either way)
+    import serving
+
+    right = next(e for e in serving.evaluated(layout) if e["correct"] and e["gold"] and e["id"].endswith("-where"))
+    row = next(r for r in serving.test_rows(layout) if r["id"] == right["id"])
     done = subprocess.run([sys.executable, "-m", "bertops.cli", "predict", "--json",
-                           "where does grace live ?\tthe plot was grace lives in vienna . quite dull"],
-                          cwd=root, capture_output=True, text=True)
+                           f"{row['question']}\t{row['context']}"], cwd=root, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert json.loads(done.stdout.strip().splitlines()[-1])["answer"] == "vienna"
+    assert json.loads(done.stdout.strip().splitlines()[-1])["answer"] == right["predicted"] == right["gold"][0]
 
     # the scoring server: the test questions answered as evaluate answered them; a context 4x max_length is
     # read window by window
-    import serving
-
     rows, evaluated = serving.test_rows(layout), serving.evaluated(layout)
     with serving.serving_project(root, "tiny-qa") as (url, model_uri, uri):
         out = serving.served(url, [{"question": r["question"], "context": r["context"]} for r in rows])
