@@ -18,7 +18,8 @@ stage's module calls. Reports each side's median step time and where the step's 
       gradients, clipping's scaling and fused AdamW over them), on two copies of the model, every other lever on;
       the fused update compiles at the first step, whose seconds are reported apart from the medians
     --lever fused-attention-probs: train.fused_attention_probs (off: fast dropout's eager attention), on one model
-      with every other CPU lever on (bf16 working weights included), the kernel switched per step
+      with every other CPU lever on (bf16 working weights and the dropout-add-norm kernel included), the kernel
+      switched per step
     --lever fused-dropout-add-norm: train.fused_dropout_add_norm (off: the blocks' own dropout, add and LayerNorm),
       likewise on one model with every other CPU lever on (the fused attention included)
 
@@ -112,6 +113,7 @@ def main() -> None:
         assert bf16, "the lever applies under bf16 autocast only (a CPU with AMX or AVX-512 BF16)"
         sides = dict.fromkeys(("on", "off"), build(True, working=True))
         assert attention_probs.install(sides["on"][0]) > 0, "the kernel should build and the attention be routed"
+        assert dropout_add_norm.install(sides["on"][0]) > 0, "the blocks' outputs should take their kernel"
         attention_modules = [m for m in sides["on"][0].modules() if hasattr(m, fast_dropout.FUSED_PROBS)]
     elif args.lever == "fused-dropout-add-norm":
         assert bf16, "the lever applies under bf16 autocast only (a CPU with AMX or AVX-512 BF16)"
