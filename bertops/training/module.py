@@ -185,31 +185,26 @@ def auto_cls_top_layer(train: TrainParams) -> bool:
 
 def auto_fused_attention_probs(train: TrainParams) -> bool:
     """Whether fast dropout's training attention runs its softmax and dropout as one C++ kernel each way
-    (bertops.training.attention_probs): only with fast dropout, under bf16-mixed on a CPU; `auto` = there on a CPU
-    with AMX, where the paired step A/B measured it (docs/performance.md), when a C++ compiler is found."""
-    if not _fast_dropout_bf16_cpu(train):
-        return False
-    if train.fused_attention_probs == "auto":
-        return cpu_has_amx() and working_weights.have_compiler()
-    return train.fused_attention_probs
+    (bertops.training.attention_probs); see `_cpu_kernel`."""
+    return _cpu_kernel(train, train.fused_attention_probs)
 
 
 def auto_fused_dropout_add_norm(train: TrainParams) -> bool:
     """Whether each block's dropout, residual add and LayerNorm run as one C++ kernel each way
-    (bertops.training.dropout_add_norm): only with fast dropout, under bf16-mixed on a CPU; `auto` = there on a CPU
-    with AMX, where the paired step A/B measured it (docs/performance.md), when a C++ compiler is found."""
-    if not _fast_dropout_bf16_cpu(train):
+    (bertops.training.dropout_add_norm); see `_cpu_kernel`."""
+    return _cpu_kernel(train, train.fused_dropout_add_norm)
+
+
+def _cpu_kernel(train: TrainParams, knob: bool | str) -> bool:
+    """A CPU-kernel lever's knob resolved: only with fast dropout under bf16-mixed on a CPU, in eager mode
+    (torch.compile would trace into the extension's calls); `auto` = there on a CPU with AMX, where the paired step
+    A/Bs measured them (docs/performance.md), when a C++ compiler is found."""
+    if not (auto_fast_dropout(train) and not on_gpu(train.accelerator) and not auto_compile(train)
+            and auto_precision(train.precision, train.accelerator) == "bf16-mixed"):
         return False
-    if train.fused_dropout_add_norm == "auto":
+    if knob == "auto":
         return cpu_has_amx() and working_weights.have_compiler()
-    return train.fused_dropout_add_norm
-
-
-def _fast_dropout_bf16_cpu(train: TrainParams) -> bool:
-    """Where the CPU kernels apply: fast dropout under bf16-mixed on a CPU, in eager mode (torch.compile would trace
-    into the extension's calls)."""
-    return (auto_fast_dropout(train) and not on_gpu(train.accelerator) and not auto_compile(train)
-            and auto_precision(train.precision, train.accelerator) == "bf16-mixed")
+    return knob
 
 
 def auto_bf16_working_weights(train: TrainParams, precision: str) -> bool:
