@@ -15,6 +15,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "bertops"
+NATIVE_SUFFIXES = (".cpp", ".cc", ".h")
 MODULE_STRING = re.compile(r"^(bertops(?:\.\w+)+):\w+$")  # "bertops.tasks.masked_lm:MaskedLanguageModeling"
 
 
@@ -56,8 +57,17 @@ def is_trivial(path: Path) -> bool:
     return all(isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant) for n in body)
 
 
+def source_files(path: Path) -> set[Path]:
+    """Non-Python sources a module builds at run time (C++ kernels): files under its folder named by a string
+    constant of the module ("cpu_kernels.cpp")."""
+    names = {n.value for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.Constant)
+             and isinstance(n.value, str) and n.value.endswith(NATIVE_SUFFIXES) and "/" not in n.value}
+    return {f for name in names for f in path.parent.rglob(name) if "__pycache__" not in f.parts}
+
+
 def closure(start: str, all_levels: bool = True) -> set[Path]:
-    """Files of every bertops module reachable from module `start` (package markers left out)."""
+    """Files of every bertops module reachable from module `start` (package markers left out), and the native
+    sources those modules build."""
     seen, todo = set(), [start]
     while todo:
         module = todo.pop()
@@ -66,7 +76,8 @@ def closure(start: str, all_levels: bool = True) -> set[Path]:
                 continue
             seen.add(m)
             todo.extend(imported_modules(module_file(m), all_levels))
-    return {module_file(m) for m in seen if not is_trivial(module_file(m))}
+    files = {module_file(m) for m in seen if not is_trivial(module_file(m))}
+    return files | {f for path in files for f in source_files(path)}
 
 
 def stage_modules() -> dict[str, str]:
@@ -87,8 +98,8 @@ def covering_deps(files: set[Path]) -> list[str]:
         if folder != PACKAGE and inside and all(p in files for p in inside):
             out.append(str(folder.relative_to(REPO)))
             return
-        for p in sorted(folder.glob("*.py")):
-            if p in files:
+        for p in sorted(folder.iterdir()):
+            if p.is_file() and p in files:
                 out.append(str(p.relative_to(REPO)))
         for sub in sorted(d for d in folder.iterdir() if d.is_dir() and d.name != "__pycache__"):
             visit(sub)
