@@ -39,7 +39,7 @@ class _AttentionCore(torch.autograd.Function):
         ops = kernels()
         words = fast_dropout.random_words((query.shape[0], query.shape[1], query.shape[2], key.shape[2]),
                                           query.device)
-        threshold, keep_scale = fast_dropout.keep_threshold(p), 1.0 / (1.0 - fast_dropout.quantized_p(p))
+        threshold, keep_scale = fast_dropout.keep_threshold(p), fast_dropout.keep_scale(p)
         scores = torch.matmul(query, key.transpose(2, 3))
         dropped, probs = ops.probs_forward(scores, mask, words, threshold, scale, keep_scale)
         ctx.save_for_backward(query, key, value, dropped, probs, words)

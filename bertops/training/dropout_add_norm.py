@@ -27,7 +27,7 @@ class _DropoutAddNorm(torch.autograd.Function):
     def forward(ctx, y, residual, gamma, beta, p: float, eps: float):
         ops = cpu_kernels.load()
         words = fast_dropout.random_words(y.shape, y.device)
-        threshold, keep_scale = fast_dropout.keep_threshold(p), 1.0 / (1.0 - fast_dropout.quantized_p(p))
+        threshold, keep_scale = fast_dropout.keep_threshold(p), fast_dropout.keep_scale(p)
         out, xhat, rstd = ops.dropout_add_norm_forward(y, residual, words, threshold, keep_scale, gamma, beta, eps)
         ctx.save_for_backward(xhat, rstd, words, gamma)
         ctx.constants = threshold, keep_scale

@@ -46,6 +46,11 @@ def keep_threshold(p: float) -> int:
     return _dropped_of_resolution(p) - (1 << 15)
 
 
+def keep_scale(p: float) -> float:
+    """What kept values are multiplied by: 1 / (1 - quantized_p(p)), so that the expectation is the input."""
+    return 1.0 / (1.0 - quantized_p(p))
+
+
 def keep_mask(shape: torch.Size, p: float, device: torch.device | str = "cpu") -> torch.Tensor:
     """A boolean mask, True with probability 1 - quantized_p(p), four elements per 64-bit draw."""
     return random_words(shape, device) >= keep_threshold(p)
@@ -56,8 +61,7 @@ def fast_dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tens
         return x
     if p >= 1.0:
         return x * 0.0
-    q = quantized_p(p)
-    return x * keep_mask(x.shape, p, x.device) * (1.0 / (1.0 - q))
+    return x * keep_mask(x.shape, p, x.device) * keep_scale(p)
 
 
 class FastDropout(nn.Dropout):
